@@ -1,0 +1,1 @@
+//! Room state, ops and deltas.

@@ -1,0 +1,1 @@
+//! The glommio side of the server.

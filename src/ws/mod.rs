@@ -1,0 +1,1 @@
+//! The hand-rolled RFC 6455 stack.
