@@ -14,7 +14,11 @@ use kasagi::server::{self, Mode};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "kasagi", version, about = "Real-time state synchronization server")]
+#[command(
+    name = "kasagi",
+    version,
+    about = "Real-time state synchronization server"
+)]
 struct Cli {
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `kasagi=debug`.
     #[arg(long, env = "KASAGI_LOG", default_value = "info", global = true)]
@@ -109,7 +113,11 @@ struct ServeArgs {
     #[arg(long, env = "KASAGI_MAX_HEADERS", default_value_t = 64)]
     max_headers: usize,
     /// An origin allowed to open a WebSocket (repeatable; none given: any origin).
-    #[arg(long = "allowed-origin", env = "KASAGI_ALLOWED_ORIGINS", value_delimiter = ',')]
+    #[arg(
+        long = "allowed-origin",
+        env = "KASAGI_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
     allowed_origins: Vec<String>,
     /// HS256 secret: when set, every upgrade needs a valid JWT (`?token=` or Bearer).
     #[arg(long, env = "KASAGI_AUTH_SECRET", hide_env_values = true)]
@@ -186,7 +194,8 @@ fn echo_config(args: &EchoArgs) -> anyhow::Result<Config> {
 /// Sets `stop` on the first SIGTERM or SIGINT; a second one exits at once.
 fn install_signals(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).context("installing signal handlers")?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .context("installing signal handlers")?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {

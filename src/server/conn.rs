@@ -34,8 +34,8 @@ use super::shard::{Conn, Shard};
 use crate::protocol::{decode_client, DecodeError, Subprotocol};
 use crate::ws::frame::{encode_frame, Opcode};
 use crate::ws::handshake::{
-    check_upgrade, parse_request, write_accept, write_refusal, write_response, HandshakeLimits,
-    Refusal, UpgradePolicy,
+    check_request_line, check_upgrade, parse_request, write_accept, write_refusal, write_response,
+    HandshakeLimits, Refusal, UpgradePolicy,
 };
 use crate::ws::reader::{Incoming, Reader};
 use crate::ws::{close_code, Limits as WsLimits};
@@ -112,13 +112,14 @@ pub async fn serve_socket(shard: Rc<Shard>, mut stream: TcpStream, mode: Mode) {
         return;
     };
     ShardMetrics::add(&shard.metrics().handshakes, 1);
+    debug!(peer = ?peer, subject = ?grant.subject, proto = proto.name(), "upgraded");
     let conn = match mode {
         Mode::Serve => shard.open_conn(proto, grant),
         Mode::Echo => Rc::new(Conn::new(0, "echo".into(), proto, usize::MAX, grant)),
     };
     let limits = match mode {
         Mode::Serve => ws_limits(&shard),
-        Mode::Echo => WsLimits::echo(),
+        Mode::Echo => WsLimits::unlimited_for_echo(),
     };
     let exit = match mode {
         Mode::Serve => {
@@ -191,10 +192,13 @@ async fn read_request(shard: &Shard, stream: &mut TcpStream, mode: Mode) -> io::
     loop {
         let mut response = Vec::new();
         let outcome = match parse_request(&buf, &head_limits) {
-            Ok(Some((request, head_len))) => Some(route(shard, &request, head_len, mode, &mut response)),
+            Ok(Some((request, head_len))) => {
+                Some(route(shard, &request, head_len, mode, &mut response))
+            }
             Ok(None) => None,
-            Err(err) => {
-                write_refusal(&mut response, &err.refusal());
+            Err(refusal) => {
+                ShardMetrics::add(&shard.metrics().handshake_refusals, 1);
+                write_refusal(&mut response, &refusal);
                 Some(Route::Answered)
             }
         };
@@ -218,11 +222,17 @@ async fn read_request(shard: &Shard, stream: &mut TcpStream, mode: Mode) -> io::
             .read(&mut chunk)
             .or(async {
                 Timer::new(left).await;
-                Err(io::Error::new(io::ErrorKind::TimedOut, "handshake deadline passed"))
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "handshake deadline passed",
+                ))
             })
             .await?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed during the handshake"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed during the handshake",
+            ));
         }
         buf.extend_from_slice(&chunk[..n]);
     }
@@ -255,8 +265,8 @@ fn route(
         Mode::Serve => request.path() == "/ws",
     };
     if !upgrade_path {
-        if request.method() != "GET" || request.version() != 1 {
-            return refuse(out, Refusal::bad_request("only GET over HTTP/1.1 is served"));
+        if let Err(refusal) = check_request_line(request) {
+            return refuse(out, refusal);
         }
         match request.path() {
             "/healthz" if !shard.stopping.get() => write_response(out, 200, "text/plain", b"ok\n"),
@@ -284,8 +294,7 @@ fn route(
     let grant = match (&shard.verifier, mode) {
         (Some(verifier), Mode::Serve) => match upgrade.token.map(|t| verifier.verify(t)) {
             Some(Ok(grant)) => grant,
-            Some(Err(_)) => return refuse(out, Refusal::unauthorized("invalid or expired token")),
-            None => return refuse(out, Refusal::unauthorized("a token is required")),
+            Some(Err(_)) | None => return refuse(out, Refusal::Unauthorized),
         },
         _ => Grant::default(),
     };
@@ -446,7 +455,13 @@ impl WsIo {
     }
 
     /// Decodes and handles events from `data`; returns how many bytes were consumed.
-    fn process(&mut self, shard: &Shard, conn: &Rc<Conn>, session: &mut dyn Session, data: &mut [u8]) -> usize {
+    fn process(
+        &mut self,
+        shard: &Shard,
+        conn: &Rc<Conn>,
+        session: &mut dyn Session,
+        data: &mut [u8],
+    ) -> usize {
         let metrics = shard.metrics();
         let mut at = 0;
         while self.read_open {
@@ -514,7 +529,10 @@ impl Session for RoomSession {
     fn on_message(&mut self, conn: &Rc<Conn>, opcode: Opcode, payload: &[u8]) -> Flow {
         let expected = super::encode::opcode_of(conn.proto);
         if opcode != expected {
-            return Flow::Close(close_code::UNSUPPORTED, "wrong frame type for the subprotocol");
+            return Flow::Close(
+                close_code::UNSUPPORTED,
+                "wrong frame type for the subprotocol",
+            );
         }
         match self.bucket.take(Instant::now()) {
             Verdict::Allow => {}
@@ -533,7 +551,8 @@ impl Session for RoomSession {
                 return Flow::Close(close_code::INVALID_PAYLOAD, "message does not decode");
             }
             Err(DecodeError::BadRequest { message, room, seq }) => {
-                self.shard.on_bad_request(conn, &message, room.as_ref(), seq);
+                self.shard
+                    .on_bad_request(conn, &message, room.as_ref(), seq);
             }
         }
         Flow::Continue
@@ -563,9 +582,7 @@ impl Session for Echo {
 /// Accepts connections until the shard starts draining.
 pub async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener, mode: Mode) {
     loop {
-        let accepted = listener
-            .accept()
-            .map(Some)
+        let accepted = async { Some(listener.accept().await) }
             .or(async {
                 super::wait_until_stopping(&shard).await;
                 None

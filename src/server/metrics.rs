@@ -47,17 +47,69 @@ pub fn new_all(shards: usize) -> AllMetrics {
 pub fn render(all: &[ShardMetrics]) -> String {
     type Getter = fn(&ShardMetrics) -> &AtomicU64;
     const FAMILIES: &[(&str, &str, &str, Getter)] = &[
-        ("kasagi_connections", "gauge", "Open WebSocket connections.", |m| &m.connections),
-        ("kasagi_rooms", "gauge", "Rooms owned by the shard.", |m| &m.rooms),
-        ("kasagi_messages_in_total", "counter", "WebSocket messages received.", |m| &m.messages_in),
-        ("kasagi_messages_out_total", "counter", "WebSocket messages queued to clients.", |m| &m.messages_out),
-        ("kasagi_bytes_in_total", "counter", "Bytes read from client sockets.", |m| &m.bytes_in),
-        ("kasagi_bytes_out_total", "counter", "Bytes written to client sockets.", |m| &m.bytes_out),
-        ("kasagi_deltas_total", "counter", "Deltas produced by rooms the shard owns.", |m| &m.deltas),
-        ("kasagi_resyncs_total", "counter", "Snapshots sent to slow consumers after their queue overflowed.", |m| &m.resyncs),
-        ("kasagi_protocol_errors_total", "counter", "Connections closed for a WebSocket or protocol violation.", |m| &m.protocol_errors),
-        ("kasagi_handshakes_total", "counter", "Accepted WebSocket upgrades.", |m| &m.handshakes),
-        ("kasagi_handshake_refusals_total", "counter", "Refused upgrades and timed-out handshakes.", |m| &m.handshake_refusals),
+        (
+            "kasagi_connections",
+            "gauge",
+            "Open WebSocket connections.",
+            |m| &m.connections,
+        ),
+        ("kasagi_rooms", "gauge", "Rooms owned by the shard.", |m| {
+            &m.rooms
+        }),
+        (
+            "kasagi_messages_in_total",
+            "counter",
+            "WebSocket messages received.",
+            |m| &m.messages_in,
+        ),
+        (
+            "kasagi_messages_out_total",
+            "counter",
+            "WebSocket messages queued to clients.",
+            |m| &m.messages_out,
+        ),
+        (
+            "kasagi_bytes_in_total",
+            "counter",
+            "Bytes read from client sockets.",
+            |m| &m.bytes_in,
+        ),
+        (
+            "kasagi_bytes_out_total",
+            "counter",
+            "Bytes written to client sockets.",
+            |m| &m.bytes_out,
+        ),
+        (
+            "kasagi_deltas_total",
+            "counter",
+            "Deltas produced by rooms the shard owns.",
+            |m| &m.deltas,
+        ),
+        (
+            "kasagi_resyncs_total",
+            "counter",
+            "Snapshots sent to slow consumers after their queue overflowed.",
+            |m| &m.resyncs,
+        ),
+        (
+            "kasagi_protocol_errors_total",
+            "counter",
+            "Connections closed for a WebSocket or protocol violation.",
+            |m| &m.protocol_errors,
+        ),
+        (
+            "kasagi_handshakes_total",
+            "counter",
+            "Accepted WebSocket upgrades.",
+            |m| &m.handshakes,
+        ),
+        (
+            "kasagi_handshake_refusals_total",
+            "counter",
+            "Refused upgrades and timed-out handshakes.",
+            |m| &m.handshake_refusals,
+        ),
     ];
     let mut out = String::with_capacity(2048);
     for (name, kind, help, get) in FAMILIES {

@@ -56,9 +56,11 @@ pub fn run(
 ) -> Result<(), ServeError> {
     let shards = config.shards.max(1);
     let (addr, sockets) =
-        bind_reuseport(config.listen, shards, config.backlog).map_err(|source| ServeError::Listen {
-            addr: config.listen,
-            source,
+        bind_reuseport(config.listen, shards, config.backlog).map_err(|source| {
+            ServeError::Listen {
+                addr: config.listen,
+                source,
+            }
         })?;
     on_listening(addr);
     let sockets: Arc<Mutex<Vec<Option<socket2::Socket>>>> =
@@ -94,7 +96,12 @@ pub fn run(
     Ok(())
 }
 
-async fn shard_main(shard: Rc<Shard>, listener: glommio::net::TcpListener, mode: Mode, stop: Arc<AtomicBool>) {
+async fn shard_main(
+    shard: Rc<Shard>,
+    listener: glommio::net::TcpListener,
+    mode: Mode,
+    stop: Arc<AtomicBool>,
+) {
     glommio::spawn_local(conn::accept_loop(shard.clone(), listener, mode)).detach();
     let flusher = shard.clone();
     glommio::spawn_local(async move {
@@ -112,7 +119,9 @@ async fn shard_main(shard: Rc<Shard>, listener: glommio::net::TcpListener, mode:
         if last_sweep.elapsed() >= SWEEP_EVERY {
             last_sweep = Instant::now();
             shard.sweep_rooms(last_sweep);
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
             shard.expire_grants(now);
         }
     }

@@ -95,10 +95,6 @@ impl Outbound {
         self.closed = true;
     }
 
-    pub fn is_closed(&self) -> bool {
-        self.closed
-    }
-
     /// True when control frames alone fill the queue: the reader should pause.
     pub fn is_congested(&self) -> bool {
         self.control_bytes > self.limit
@@ -124,12 +120,18 @@ impl Outbound {
 
     /// The bytes to write next, gathering small frames into one buffer. Empty when idle.
     pub fn next_chunk(&mut self) -> &[u8] {
-        if let Some((frame, at)) = &self.direct {
-            return &frame[*at..];
+        if self.direct.is_none() && self.committed_at >= self.committed.len() {
+            self.refill();
         }
-        if self.committed_at < self.committed.len() {
-            return &self.committed[self.committed_at..];
+        match &self.direct {
+            Some((frame, at)) => &frame[*at..],
+            None => &self.committed[self.committed_at..],
         }
+    }
+
+    /// Takes queued frames for the next write: small ones copied into one buffer (one
+    /// syscall for many frames), a large one on its own without a copy.
+    fn refill(&mut self) {
         self.committed.clear();
         self.committed_at = 0;
         if self.committed.capacity() > 4 * GATHER_BYTES {
@@ -140,17 +142,13 @@ impl Outbound {
             if self.committed.is_empty() && len >= GATHER_BYTES {
                 let q = self.take_front();
                 self.direct = Some((q.frame, 0));
-                break;
+                return;
             }
             if !self.committed.is_empty() && self.committed.len() + len > GATHER_BYTES {
-                break;
+                return;
             }
             let q = self.take_front();
             self.committed.extend_from_slice(&q.frame);
-        }
-        match &self.direct {
-            Some((frame, at)) => &frame[*at..],
-            None => &self.committed[..],
         }
     }
 
@@ -176,6 +174,7 @@ impl Outbound {
     }
 
     /// Bytes held for this connection (queued or committed and unwritten).
+    #[cfg(test)]
     pub fn held_bytes(&self) -> usize {
         let direct = self.direct.as_ref().map_or(0, |(f, at)| f.len() - at);
         self.queued_bytes + (self.committed.len() - self.committed_at) + direct
@@ -225,7 +224,10 @@ mod tests {
         out.push_delta(Bytes::from_static(b"d1d1"));
         out.push_control(Bytes::from_static(b"ack"));
         out.push_delta(Bytes::from_static(b"d2"));
-        assert_eq!(out.push_delta(Bytes::from_static(b"d3d3")), Pushed::DroppedDeltas);
+        assert_eq!(
+            out.push_delta(Bytes::from_static(b"d3d3")),
+            Pushed::DroppedDeltas
+        );
         assert_eq!(drain(&mut out), b"ack");
     }
 
@@ -235,8 +237,14 @@ mod tests {
         out.push_delta(Bytes::from_static(b"12345678"));
         assert_eq!(out.next_chunk(), b"12345678");
         out.advance(3);
-        assert_eq!(out.push_delta(Bytes::from_static(b"abcdefgh")), Pushed::Queued);
-        assert_eq!(out.push_delta(Bytes::from_static(b"z")), Pushed::DroppedDeltas);
+        assert_eq!(
+            out.push_delta(Bytes::from_static(b"abcdefgh")),
+            Pushed::Queued
+        );
+        assert_eq!(
+            out.push_delta(Bytes::from_static(b"z")),
+            Pushed::DroppedDeltas
+        );
         assert_eq!(drain(&mut out), b"45678");
     }
 

@@ -105,16 +105,26 @@ impl Shard {
                 continue;
             }
             let room = host.room.id().clone();
-            self.send(shard, MeshMsg::Deliver {
-                room,
-                frames: frames.clone(),
-                exclude,
-                is_delta,
-            });
+            self.send(
+                shard,
+                MeshMsg::Deliver {
+                    room,
+                    frames: frames.clone(),
+                    exclude,
+                    is_delta,
+                },
+            );
         }
     }
 
-    fn reply_error(&self, to: Origin, code: ErrorCode, message: &str, room: &RoomId, seq: Option<u64>) {
+    fn reply_error(
+        &self,
+        to: Origin,
+        code: ErrorCode,
+        message: &str,
+        room: &RoomId,
+        seq: Option<u64>,
+    ) {
         let frame = encode::frame(
             &ServerMessage::Error {
                 code,
@@ -127,7 +137,14 @@ impl Shard {
         self.reply(to.conn, frame);
     }
 
-    pub(super) fn owner_join(&self, room_id: RoomId, origin: Origin, member: String, since: Option<u64>, epoch: Option<u64>) {
+    pub(super) fn owner_join(
+        &self,
+        room_id: RoomId,
+        origin: Origin,
+        member: String,
+        since: Option<u64>,
+        epoch: Option<u64>,
+    ) {
         let now = self.now();
         let mut rooms = self.rooms.borrow_mut();
         if !rooms.contains_key(&room_id) {
@@ -148,20 +165,26 @@ impl Shard {
                 },
                 origin.proto,
             );
-            return self.send(origin.conn.shard, MeshMsg::Left {
-                room: room_id,
-                conn: origin.conn.id,
-                frame: Some(frame),
-            });
+            return self.send(
+                origin.conn.shard,
+                MeshMsg::Left {
+                    room: room_id,
+                    conn: origin.conn.id,
+                    frame: Some(frame),
+                },
+            );
         }
         if host.dirty {
             self.flush_host(host);
         }
         if existing.is_none() {
-            host.members.push((origin.conn, Member {
-                id: member.clone(),
-                proto: origin.proto,
-            }));
+            host.members.push((
+                origin.conn,
+                Member {
+                    id: member.clone(),
+                    proto: origin.proto,
+                },
+            ));
             host.per_shard[origin.conn.shard] += 1;
             host.per_proto[origin.proto.index()] += 1;
             host.empty_since = None;
@@ -176,7 +199,11 @@ impl Shard {
                 epoch: host.room.epoch(),
                 you: &member,
                 members: &members,
-                state: if resumed.is_some() { None } else { Some(host.room.state()) },
+                state: if resumed.is_some() {
+                    None
+                } else {
+                    Some(host.room.state())
+                },
                 resync: false,
             },
             origin.proto,
@@ -194,18 +221,24 @@ impl Shard {
                 },
                 host.wanted(),
             );
-            self.send(origin.conn.shard, MeshMsg::Joined {
-                room: room_id.clone(),
-                conn: origin.conn.id,
-                frames,
-            });
+            self.send(
+                origin.conn.shard,
+                MeshMsg::Joined {
+                    room: room_id.clone(),
+                    conn: origin.conn.id,
+                    frames,
+                },
+            );
             self.fan_out(host, presence, Some(origin.conn), false);
         } else {
-            self.send(origin.conn.shard, MeshMsg::Joined {
-                room: room_id,
-                conn: origin.conn.id,
-                frames,
-            });
+            self.send(
+                origin.conn.shard,
+                MeshMsg::Joined {
+                    room: room_id,
+                    conn: origin.conn.id,
+                    frames,
+                },
+            );
         }
     }
 
@@ -260,18 +293,30 @@ impl Shard {
                 origin.proto,
             )
         };
-        self.send(origin.conn.shard, MeshMsg::Left {
-            room: room_id,
-            conn: origin.conn.id,
-            frame: Some(frame),
-        });
+        self.send(
+            origin.conn.shard,
+            MeshMsg::Left {
+                room: room_id,
+                conn: origin.conn.id,
+                frame: Some(frame),
+            },
+        );
     }
 
     pub(super) fn owner_op(&self, room_id: RoomId, origin: Origin, seq: u64, ops: Vec<Op>) {
         let mut rooms = self.rooms.borrow_mut();
-        let Some(host) = rooms.get_mut(&room_id).filter(|h| h.member_index(origin.conn).is_some()) else {
+        let Some(host) = rooms
+            .get_mut(&room_id)
+            .filter(|h| h.member_index(origin.conn).is_some())
+        else {
             drop(rooms);
-            return self.reply_error(origin, ErrorCode::NotJoined, "join the room first", &room_id, Some(seq));
+            return self.reply_error(
+                origin,
+                ErrorCode::NotJoined,
+                "join the room first",
+                &room_id,
+                Some(seq),
+            );
         };
         match host.room.apply(ops) {
             Ok(Applied::Changed) => {
@@ -302,7 +347,7 @@ impl Shard {
             }
             Err(err) => {
                 drop(rooms);
-                self.reply_error(origin, err.code, &err.message, &room_id, Some(seq));
+                self.reply_error(origin, err.code(), &err.to_string(), &room_id, Some(seq));
             }
         }
     }
@@ -314,7 +359,13 @@ impl Shard {
             .and_then(|h| h.member_index(origin.conn).map(|i| (h, i)));
         let Some((host, i)) = member else {
             drop(rooms);
-            return self.reply_error(origin, ErrorCode::NotJoined, "join the room first", &room_id, None);
+            return self.reply_error(
+                origin,
+                ErrorCode::NotJoined,
+                "join the room first",
+                &room_id,
+                None,
+            );
         };
         let frames = encode::frames(
             &ServerMessage::Msg {
@@ -352,11 +403,14 @@ impl Shard {
             origin.proto,
         );
         ShardMetrics::add(&self.metrics().resyncs, 1);
-        self.send(origin.conn.shard, MeshMsg::Joined {
-            room: room_id,
-            conn: origin.conn.id,
-            frames: vec![frame],
-        });
+        self.send(
+            origin.conn.shard,
+            MeshMsg::Joined {
+                room: room_id,
+                conn: origin.conn.id,
+                frames: vec![frame],
+            },
+        );
     }
 
     fn mark_dirty(&self, room: RoomId) {
@@ -427,14 +481,14 @@ impl Shard {
         let grace = self.config.limits.room_grace;
         let mut rooms = self.rooms.borrow_mut();
         let before = rooms.len();
-        rooms.retain(|_, h| !(h.members.is_empty() && !h.dirty && h.empty_since.is_some_and(|t| now.duration_since(t) >= grace)));
+        rooms.retain(|_, h| {
+            !(h.members.is_empty()
+                && !h.dirty
+                && h.empty_since
+                    .is_some_and(|t| now.duration_since(t) >= grace))
+        });
         let dropped = before - rooms.len();
         ShardMetrics::sub(&self.metrics().rooms, dropped as u64);
-    }
-
-    /// Rooms this shard owns.
-    pub fn owned_rooms(&self) -> usize {
-        self.rooms.borrow().len()
     }
 }
 

@@ -132,7 +132,13 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(id: ConnId, member: Rc<str>, proto: Subprotocol, limit: usize, grant: Grant) -> Conn {
+    pub fn new(
+        id: ConnId,
+        member: Rc<str>,
+        proto: Subprotocol,
+        limit: usize,
+        grant: Grant,
+    ) -> Conn {
         Conn {
             id,
             member,
@@ -266,11 +272,14 @@ impl Shard {
         for room in rooms {
             self.remove_local_member(&room, conn.id);
             let origin = self.origin(conn);
-            self.route(&room, MeshMsg::Leave {
-                room: room.clone(),
-                origin,
-                reply: false,
-            });
+            self.route(
+                &room,
+                MeshMsg::Leave {
+                    room: room.clone(),
+                    origin,
+                    reply: false,
+                },
+            );
         }
     }
 
@@ -359,11 +368,20 @@ impl Shard {
 
     /// Queues an answer on a local connection.
     fn answer(&self, conn: &Conn, msg: &ServerMessage<'_>) {
-        conn.out.borrow_mut().push_control(encode::frame(msg, conn.proto));
+        conn.out
+            .borrow_mut()
+            .push_control(encode::frame(msg, conn.proto));
         ShardMetrics::add(&self.metrics().messages_out, 1);
     }
 
-    fn answer_error(&self, conn: &Conn, code: ErrorCode, message: &str, room: Option<&RoomId>, seq: Option<u64>) {
+    fn answer_error(
+        &self,
+        conn: &Conn,
+        code: ErrorCode,
+        message: &str,
+        room: Option<&RoomId>,
+        seq: Option<u64>,
+    ) {
         self.answer(
             conn,
             &ServerMessage::Error {
@@ -387,7 +405,13 @@ impl Shard {
             ClientMessage::Join { room, since, epoch } => {
                 if !conn.grant.may_join(room.as_str()) {
                     let message = "the token does not allow this room";
-                    return self.answer_error(conn, ErrorCode::Forbidden, message, Some(&room), None);
+                    return self.answer_error(
+                        conn,
+                        ErrorCode::Forbidden,
+                        message,
+                        Some(&room),
+                        None,
+                    );
                 }
                 {
                     let mut rooms = conn.rooms.borrow_mut();
@@ -395,30 +419,42 @@ impl Shard {
                     if !rooms.contains_key(&room) && rooms.len() >= max {
                         drop(rooms);
                         let message = format!("a connection may be in at most {max} rooms");
-                        return self.answer_error(conn, ErrorCode::TooLarge, &message, Some(&room), None);
+                        return self.answer_error(
+                            conn,
+                            ErrorCode::TooLarge,
+                            &message,
+                            Some(&room),
+                            None,
+                        );
                     }
                     rooms.entry(room.clone()).or_insert(Membership::Joining);
                 }
                 let origin = self.origin(conn);
                 let member = conn.member.to_string();
-                self.route(&room.clone(), MeshMsg::Join {
-                    room,
-                    origin,
-                    member,
-                    since,
-                    epoch,
-                });
+                self.route(
+                    &room.clone(),
+                    MeshMsg::Join {
+                        room,
+                        origin,
+                        member,
+                        since,
+                        epoch,
+                    },
+                );
             }
             ClientMessage::Leave { room } => {
                 if !self.check_joined(conn, &room, None) {
                     return;
                 }
                 let origin = self.origin(conn);
-                self.route(&room.clone(), MeshMsg::Leave {
-                    room,
-                    origin,
-                    reply: true,
-                });
+                self.route(
+                    &room.clone(),
+                    MeshMsg::Leave {
+                        room,
+                        origin,
+                        reply: true,
+                    },
+                );
             }
             ClientMessage::Op { room, seq, ops } => {
                 if !self.check_joined(conn, &room, Some(seq)) {
@@ -427,15 +463,24 @@ impl Shard {
                 let max = self.config.limits.max_ops_per_message;
                 if ops.len() > max {
                     let message = format!("at most {max} ops per message");
-                    return self.answer_error(conn, ErrorCode::TooLarge, &message, Some(&room), Some(seq));
+                    return self.answer_error(
+                        conn,
+                        ErrorCode::TooLarge,
+                        &message,
+                        Some(&room),
+                        Some(seq),
+                    );
                 }
                 let origin = self.origin(conn);
-                self.route(&room.clone(), MeshMsg::Op {
-                    room,
-                    origin,
-                    seq,
-                    ops,
-                });
+                self.route(
+                    &room.clone(),
+                    MeshMsg::Op {
+                        room,
+                        origin,
+                        seq,
+                        ops,
+                    },
+                );
             }
             ClientMessage::Msg { room, data } => {
                 if !self.check_joined(conn, &room, None) {
@@ -451,18 +496,36 @@ impl Shard {
         if conn.rooms.borrow().contains_key(room) {
             return true;
         }
-        self.answer_error(conn, ErrorCode::NotJoined, "join the room first", Some(room), seq);
+        self.answer_error(
+            conn,
+            ErrorCode::NotJoined,
+            "join the room first",
+            Some(room),
+            seq,
+        );
         false
     }
 
     /// Answers a request that did not decode into a valid message.
-    pub fn on_bad_request(&self, conn: &Conn, message: &str, room: Option<&RoomId>, seq: Option<u64>) {
+    pub fn on_bad_request(
+        &self,
+        conn: &Conn,
+        message: &str,
+        room: Option<&RoomId>,
+        seq: Option<u64>,
+    ) {
         self.answer_error(conn, ErrorCode::BadRequest, message, room, seq);
     }
 
     /// Answers a message refused by the rate limit.
     pub fn on_rate_limited(&self, conn: &Conn) {
-        self.answer_error(conn, ErrorCode::RateLimited, "too many messages; slow down", None, None);
+        self.answer_error(
+            conn,
+            ErrorCode::RateLimited,
+            "too many messages; slow down",
+            None,
+            None,
+        );
     }
 
     /// A slow consumer's queue drained: ask each stale room's owner for a snapshot.
@@ -485,7 +548,13 @@ impl Shard {
         }
     }
 
-    fn deliver_local(&self, room: &RoomId, frames: &Frames, exclude: Option<ConnRef>, is_delta: bool) {
+    fn deliver_local(
+        &self,
+        room: &RoomId,
+        frames: &Frames,
+        exclude: Option<ConnRef>,
+        is_delta: bool,
+    ) {
         let members = self.members.borrow();
         let Some(list) = members.get(room) else {
             return;
@@ -514,7 +583,11 @@ impl Shard {
             std::mem::replace(m, Membership::Joined)
         };
         if previous == Membership::Joining {
-            self.members.borrow_mut().entry(room).or_default().push(conn.clone());
+            self.members
+                .borrow_mut()
+                .entry(room)
+                .or_default()
+                .push(conn.clone());
         }
         let mut out = conn.out.borrow_mut();
         let n = frames.len() as u64;
