@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve rooms over WebSocket on one instance, state in memory.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Echo every WebSocket message back, on any path (for the Autobahn conformance run).
     Echo(EchoArgs),
 }

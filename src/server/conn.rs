@@ -431,7 +431,7 @@ impl WsIo {
             });
         }
         let filled = self.pending.len();
-        let want = filled.max(16 * 1024).min(1 << 20);
+        let want = filled.clamp(16 * 1024, 1 << 20);
         self.pending.resize(filled + want, 0);
         let read = Pin::new(&mut *stream).poll_read(cx, &mut self.pending[filled..]);
         let n = match read {
