@@ -103,7 +103,7 @@ pub async fn serve_socket(shard: Rc<Shard>, mut stream: TcpStream, mode: Mode) {
         Ok(opened) => opened,
         Err(err) => {
             ShardMetrics::add(&shard.metrics().handshake_refusals, 1);
-            debug!(cause = %err, peer = ?peer, "handshake failed");
+            debug!(cause = %err, shard = shard.id, peer = ?peer, "handshake failed");
             return;
         }
     };
@@ -112,7 +112,7 @@ pub async fn serve_socket(shard: Rc<Shard>, mut stream: TcpStream, mode: Mode) {
         return;
     };
     ShardMetrics::add(&shard.metrics().handshakes, 1);
-    debug!(peer = ?peer, subject = ?grant.subject, proto = proto.name(), "upgraded");
+    debug!(shard = shard.id, peer = ?peer, subject = ?grant.subject, proto = proto.name(), "upgraded");
     let conn = match mode {
         Mode::Serve => shard.open_conn(proto, grant),
         Mode::Echo => Rc::new(Conn::new(0, "echo".into(), proto, usize::MAX, grant)),
@@ -394,12 +394,9 @@ impl WsIo {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Exit::Gone),
                 Poll::Ready(Ok(n)) => ShardMetrics::add(&metrics.bytes_in, n as u64),
                 Poll::Ready(Err(_)) => return Poll::Ready(Exit::Gone),
-                Poll::Pending => {
-                    // A close queued while reading must still be written.
-                    if conn.out.borrow().is_empty() {
-                        return Poll::Pending;
-                    }
-                }
+                // Both directions wait: the socket wakes us for input, the outbound
+                // queue for output.
+                Poll::Pending => return Poll::Pending,
             }
         }
         // Busy: let the other connections run, then continue.
@@ -469,7 +466,7 @@ impl WsIo {
                 Ok(step) => step,
                 Err(err) => {
                     ShardMetrics::add(&metrics.protocol_errors, 1);
-                    debug!(cause = %err, member = %conn.member, "closing on a protocol error");
+                    debug!(cause = %err, shard = shard.id, member = %conn.member, "closing on a protocol error");
                     conn.close(err.close_code(), "protocol error");
                     self.read_open = false;
                     break;
@@ -541,7 +538,7 @@ impl Session for RoomSession {
                 return Flow::Continue;
             }
             Verdict::Abuse => {
-                warn!(member = %conn.member, "closing a connection that ignores rate limiting");
+                warn!(shard = self.shard.id, member = %conn.member, "closing a connection that ignores rate limiting");
                 return Flow::Close(close_code::POLICY, "sustained rate limit abuse");
             }
         }
@@ -598,7 +595,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener, 
             }
             Some(Err(err)) => {
                 // Out of descriptors or a transient error: back off briefly, keep serving.
-                warn!(cause = %err, "accept failed");
+                warn!(cause = %err, shard = shard.id, "accept failed");
                 Timer::new(Duration::from_millis(10)).await;
             }
         }

@@ -131,8 +131,9 @@ async fn shard_main(
     while shard.conn_count() > 0 && Instant::now() < deadline {
         Timer::new(STOP_POLL).await;
     }
-    // Let the flusher send what the last ops produced.
+    // Send what the last ops produced before the shard goes away.
     shard.flush_dirty();
+    shard.flush_mesh().await;
     info!(left = shard.conn_count(), "drained");
 }
 

@@ -99,7 +99,7 @@ impl Shard {
     }
 
     /// Sends a frame set to every shard with members of `host`'s room.
-    fn fan_out(&self, host: &RoomHost, frames: Frames, exclude: Option<ConnRef>, is_delta: bool) {
+    fn fan_out(&self, host: &RoomHost, frames: Frames, exclude: Option<ConnRef>) {
         for (shard, &count) in host.per_shard.iter().enumerate() {
             if count == 0 {
                 continue;
@@ -111,7 +111,6 @@ impl Shard {
                     room,
                     frames: frames.clone(),
                     exclude,
-                    is_delta,
                 },
             );
         }
@@ -229,7 +228,7 @@ impl Shard {
                     frames,
                 },
             );
-            self.fan_out(host, presence, Some(origin.conn), false);
+            self.fan_out(host, presence, Some(origin.conn));
         } else {
             self.send(
                 origin.conn.shard,
@@ -262,7 +261,7 @@ impl Shard {
                             },
                             host.wanted(),
                         );
-                        self.fan_out(host, presence, None, false);
+                        self.fan_out(host, presence, None);
                     }
                     true
                 }
@@ -375,7 +374,7 @@ impl Shard {
             },
             host.wanted(),
         );
-        self.fan_out(host, frames, Some(origin.conn), false);
+        self.fan_out(host, frames, Some(origin.conn));
     }
 
     pub(super) fn owner_resync(&self, room_id: RoomId, origin: Origin) {
@@ -432,7 +431,7 @@ impl Shard {
                     }
                 }
                 ShardMetrics::add(&self.metrics().deltas, 1);
-                self.fan_out(host, frames, None, true);
+                self.fan_out(host, frames, None);
                 delta.tick
             }
             None => host.room.tick(),

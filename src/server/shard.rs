@@ -87,7 +87,6 @@ pub enum MeshMsg {
         room: RoomId,
         frames: Frames,
         exclude: Option<ConnRef>,
-        is_delta: bool,
     },
     /// A `joined` (and the deltas of a resume) for one member.
     Joined {
@@ -126,6 +125,8 @@ pub struct Conn {
     pub rooms: RefCell<HashMap<RoomId, Membership>>,
     /// Some room is `Stale`: the task asks for snapshots when the queue drains.
     pub stale: Cell<bool>,
+    /// Some room is `Stale` or `Resyncing`: deltas need a look at the room's membership.
+    unsynced: Cell<bool>,
     pub grant: Grant,
     /// Set when the server wants the connection closed (drain, policy).
     pub closing: Cell<Option<u16>>,
@@ -146,6 +147,7 @@ impl Conn {
             out: RefCell::new(Outbound::new(limit)),
             rooms: RefCell::new(HashMap::new()),
             stale: Cell::new(false),
+            unsynced: Cell::new(false),
             grant,
             closing: Cell::new(None),
         }
@@ -173,8 +175,8 @@ impl Conn {
     }
 
     /// Delivers a fan-out frame of `room`, dropping it while the member awaits a snapshot.
-    fn deliver(&self, room: &RoomId, frame: &Bytes, is_delta: bool) -> bool {
-        if self.stale.get() || is_delta {
+    fn deliver(&self, room: &RoomId, frame: &Bytes) -> bool {
+        if self.unsynced.get() {
             if let Some(m) = self.rooms.borrow().get(room) {
                 if matches!(m, Membership::Stale | Membership::Resyncing) {
                     return false;
@@ -190,6 +192,7 @@ impl Conn {
                 }
             }
             self.stale.set(true);
+            self.unsynced.set(true);
             return false;
         }
         true
@@ -348,8 +351,7 @@ impl Shard {
                 room,
                 frames,
                 exclude,
-                is_delta,
-            } => self.deliver_local(&room, &frames, exclude, is_delta),
+            } => self.deliver_local(&room, &frames, exclude),
             MeshMsg::Joined { room, conn, frames } => self.member_joined(room, conn, frames),
             MeshMsg::Left { room, conn, frame } => self.member_left(room, conn, frame),
             MeshMsg::ToConn { conn, frame } => {
@@ -548,13 +550,7 @@ impl Shard {
         }
     }
 
-    fn deliver_local(
-        &self,
-        room: &RoomId,
-        frames: &Frames,
-        exclude: Option<ConnRef>,
-        is_delta: bool,
-    ) {
+    fn deliver_local(&self, room: &RoomId, frames: &Frames, exclude: Option<ConnRef>) {
         let members = self.members.borrow();
         let Some(list) = members.get(room) else {
             return;
@@ -565,7 +561,7 @@ impl Shard {
                 continue;
             }
             if let Some(frame) = &frames[conn.proto.index()] {
-                sent += u64::from(conn.deliver(room, frame, is_delta));
+                sent += u64::from(conn.deliver(room, frame));
             }
         }
         ShardMetrics::add(&self.metrics().messages_out, sent);
@@ -580,7 +576,14 @@ impl Shard {
             let Some(m) = rooms.get_mut(&room) else {
                 return;
             };
-            std::mem::replace(m, Membership::Joined)
+            let previous = std::mem::replace(m, Membership::Joined);
+            if conn.unsynced.get() && previous == Membership::Resyncing {
+                let unsynced = rooms
+                    .values()
+                    .any(|m| matches!(m, Membership::Stale | Membership::Resyncing));
+                conn.unsynced.set(unsynced);
+            }
+            previous
         };
         if previous == Membership::Joining {
             self.members
@@ -634,6 +637,11 @@ impl Shard {
         for conn in self.conns() {
             conn.close(close_code::GOING_AWAY, "server shutting down");
         }
+    }
+
+    /// Resolves once every message this shard sent to its peers is in their channels.
+    pub async fn flush_mesh(&self) {
+        self.mesh.flush().await;
     }
 
     /// The monotonic clock the owner side stamps empty rooms with.
