@@ -272,8 +272,13 @@ fn route(
             "/healthz" if !shard.stopping.get() => write_response(out, 200, "text/plain", b"ok\n"),
             "/healthz" => write_response(out, 503, "text/plain", b"draining\n"),
             "/metrics" => {
-                let body = metrics::render(&shard.metrics);
+                let mut body = metrics::render(&shard.metrics);
+                shard.published.render_prometheus(&mut body);
                 write_response(out, 200, "text/plain; version=0.0.4", body.as_bytes());
+            }
+            "/debug/latency" => {
+                let body = shard.published.render_hgrm();
+                write_response(out, 200, "text/plain", body.as_bytes());
             }
             _ => write_response(out, 404, "text/plain", b"not found\n"),
         }
@@ -358,7 +363,7 @@ impl WsIo {
             // Write whatever is queued.
             loop {
                 let mut out = conn.out.borrow_mut();
-                let chunk = out.next_chunk();
+                let chunk = out.next_chunk(Some(&shard.telemetry));
                 if chunk.is_empty() {
                     out.set_waker(cx.waker());
                     break;
@@ -531,7 +536,8 @@ impl Session for RoomSession {
                 "wrong frame type for the subprotocol",
             );
         }
-        match self.bucket.take(Instant::now()) {
+        let now = Instant::now();
+        match self.bucket.take(now) {
             Verdict::Allow => {}
             Verdict::Refuse => {
                 self.shard.on_rate_limited(conn);
@@ -543,7 +549,7 @@ impl Session for RoomSession {
             }
         }
         match decode_client(payload, conn.proto) {
-            Ok(msg) => self.shard.on_request(conn, msg),
+            Ok(msg) => self.shard.on_request(conn, msg, now),
             Err(DecodeError::Malformed(_)) => {
                 return Flow::Close(close_code::INVALID_PAYLOAD, "message does not decode");
             }
