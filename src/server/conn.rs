@@ -187,8 +187,8 @@ async fn read_request(shard: &Shard, stream: &mut TcpStream, mode: Mode) -> io::
         max_header_bytes: limits.max_header_bytes,
         max_headers: limits.max_headers,
     };
+    // Heap, not the task's stack frame: a future keeps its locals for its whole life.
     let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
     loop {
         let mut response = Vec::new();
         let outcome = match parse_request(&buf, &head_limits) {
@@ -218,8 +218,10 @@ async fn read_request(shard: &Shard, stream: &mut TcpStream, mode: Mode) -> io::
             });
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        let n = stream
-            .read(&mut chunk)
+        let filled = buf.len();
+        buf.resize(filled + 1024, 0);
+        let read = stream
+            .read(&mut buf[filled..])
             .or(async {
                 Timer::new(left).await;
                 Err(io::Error::new(
@@ -227,14 +229,15 @@ async fn read_request(shard: &Shard, stream: &mut TcpStream, mode: Mode) -> io::
                     "handshake deadline passed",
                 ))
             })
-            .await?;
+            .await;
+        let n = read?;
+        buf.truncate(filled + n);
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "closed during the handshake",
             ));
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
