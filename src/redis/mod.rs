@@ -23,5 +23,13 @@
 //! Redis being slow or down never blocks a shard's event loop: every wait is an await with
 //! a deadline, and requests made while the connection is down fail at once.
 
+pub mod client;
+mod conn;
 pub mod resp;
+pub mod subscriber;
 pub mod url;
+
+pub use client::{Client, ClientOptions, Error, Script};
+pub use conn::ConnectionError;
+pub use subscriber::{Subscriber, SubscriberEvent};
+pub use url::{RedisUrl, UrlError};
