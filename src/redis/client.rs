@@ -207,6 +207,11 @@ impl Client {
         self.shared.reconnects.get()
     }
 
+    /// Socket writes made so far: with pipelining, far fewer than requests.
+    pub fn writes(&self) -> u64 {
+        self.shared.link.borrow().writes
+    }
+
     /// Requests queued or awaiting replies.
     pub fn in_flight(&self) -> usize {
         self.shared.waiting.borrow().len()

@@ -271,6 +271,8 @@ pub(super) struct Link {
     pub(super) generation: u64,
     /// Packed commands not yet written.
     outbound: Vec<u8>,
+    /// Socket writes made, over all connections (pipelining shows as few writes).
+    pub(super) writes: u64,
     writer: Option<Waker>,
     broken: bool,
     breaker: Option<Waker>,
@@ -341,6 +343,7 @@ pub(super) async fn write_loop(
             } else {
                 // Swap buffers: both allocations are reused for the life of the connection.
                 std::mem::swap(&mut link.outbound, &mut batch);
+                link.writes += 1;
                 Poll::Ready(())
             }
         })
