@@ -315,6 +315,19 @@ fn url_password_and_db_are_used() {
 }
 
 #[test]
+fn host_names_are_resolved() {
+    let server = RedisServer::start(None);
+    let url = format!("redis://localhost:{}/2", server.port);
+    run(move || async move {
+        let client = connected_client(&url, quick_options()).await;
+        assert_eq!(
+            client.query(&redis::cmd("PING")).await,
+            Ok(Value::SimpleString("PONG".into()))
+        );
+    });
+}
+
+#[test]
 fn a_slow_redis_times_out_and_never_blocks_the_executor() {
     let server = RedisServer::start(None);
     let url = server.url();

@@ -421,3 +421,30 @@ async fn serve(shared: &Shared, stream: TcpStream, mut reader: ReplyReader) -> C
         Ok(()) => ConnectionError::Closed,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_tell_an_atomic_pipeline_from_a_plain_one() {
+        let mut plain = redis::pipe();
+        plain.cmd("INCR").arg("a").cmd("GET").arg("a");
+        assert_eq!(count_frames(&plain.get_packed_pipeline()), 2);
+        plain.atomic();
+        assert_eq!(count_frames(&plain.get_packed_pipeline()), 4);
+        assert_eq!(count_frames(&redis::pipe().get_packed_pipeline()), 0);
+    }
+
+    #[test]
+    fn script_packs_evalsha_with_the_number_of_keys() {
+        let script = Script::new("return 1");
+        assert_eq!(script.hash(), "e0e1f9fabfc9d4800c877a703b823ac0578ff8db");
+        let cmd = script.evalsha(vec![b"k".to_vec()], vec![b"a".to_vec(), b"b".to_vec()]);
+        assert_eq!(
+            cmd.get_packed_command(),
+            b"*6\r\n$7\r\nEVALSHA\r\n$40\r\ne0e1f9fabfc9d4800c877a703b823ac0578ff8db\r\n\
+              $1\r\n1\r\n$1\r\nk\r\n$1\r\na\r\n$1\r\nb\r\n"
+        );
+    }
+}

@@ -62,11 +62,24 @@ pub(super) async fn connect(
     timeout: Duration,
 ) -> Result<(TcpStream, ReplyReader), ConnectionError> {
     let attempt = async {
-        let address = resolve(url).await?;
-        let stream = TcpStream::connect_timeout(address, timeout).await?;
-        // Requests are batched per executor turn already; Nagle would only add latency.
-        stream.set_nodelay(true)?;
-        handshake(stream, url, client_name, limits).await
+        let mut last_error = None;
+        // A name may resolve to several addresses (`localhost`: ::1 and 127.0.0.1): try
+        // each in turn, all within the one deadline.
+        for address in resolve(url).await? {
+            match TcpStream::connect_timeout(address, timeout).await {
+                Ok(stream) => {
+                    // Requests are batched per executor turn already; Nagle would only
+                    // add latency.
+                    stream.set_nodelay(true)?;
+                    return handshake(stream, url, client_name, limits).await;
+                }
+                Err(error) => last_error = Some(ConnectionError::from(error)),
+            }
+        }
+        Err(last_error.unwrap_or(ConnectionError::Resolve {
+            host: url.host.clone(),
+            cause: "no address".into(),
+        }))
     };
     deadline(timeout, attempt, || {
         ConnectionError::ConnectTimeout(timeout)
@@ -74,31 +87,24 @@ pub(super) async fn connect(
     .await
 }
 
-async fn resolve(url: &RedisUrl) -> Result<SocketAddr, ConnectionError> {
+async fn resolve(url: &RedisUrl) -> Result<Vec<SocketAddr>, ConnectionError> {
     if let Ok(ip) = url.host.parse::<IpAddr>() {
-        return Ok(SocketAddr::new(ip, url.port));
+        return Ok(vec![SocketAddr::new(ip, url.port)]);
     }
     let host = url.host.clone();
     let port = url.port;
-    // getaddrinfo blocks: run it off the executor.
-    let found = glommio::executor()
+    // getaddrinfo blocks: run it on glommio's blocking thread pool, off the executor.
+    glommio::executor()
         .spawn_blocking(move || {
             (host.as_str(), port)
                 .to_socket_addrs()
-                .map(|mut a| a.next())
+                .map(Iterator::collect)
         })
-        .await;
-    match found {
-        Ok(Some(address)) => Ok(address),
-        Ok(None) => Err(ConnectionError::Resolve {
-            host: url.host.clone(),
-            cause: "no address".into(),
-        }),
-        Err(error) => Err(ConnectionError::Resolve {
+        .await
+        .map_err(|error| ConnectionError::Resolve {
             host: url.host.clone(),
             cause: error.to_string(),
-        }),
-    }
+        })
 }
 
 /// The commands that make a fresh connection ready, sent in one write.
