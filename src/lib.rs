@@ -10,6 +10,8 @@
 //!   (`kasagi.v1.msgpack`) and JSON (`kasagi.v1.json`).
 //! - [`room`]: a room's authoritative state, atomic ops, coalesced state-based deltas, the
 //!   resume ring. Plain structs, no I/O.
+//! - [`redis`]: the per-shard Redis client on glommio: a sans-IO RESP decoder, pipelined
+//!   command connection, subscriber connection, reconnect with backoff.
 //! - [`server`]: the glommio side: per-shard state, connection tasks, cross-shard routing,
 //!   HTTP endpoints, metrics, the echo mode used for conformance runs.
 //!
