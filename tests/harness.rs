@@ -136,6 +136,8 @@ fn tiny_server() -> std::net::SocketAddr {
     addr
 }
 
+// The callback's `Result<Response, ErrorResponse>` shape is tungstenite's, not ours.
+#[allow(clippy::result_large_err)]
 fn serve_one(stream: std::net::TcpStream) {
     {
         let callback = |_: &Request, mut response: Response| {
