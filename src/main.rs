@@ -1,1 +1,234 @@
-fn main() {}
+//! The `kasagi` binary: `kasagi serve` runs the server, `kasagi echo` the RFC 6455 echo
+//! server used for conformance runs. Flags are parsed here only, into one `Config`.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use kasagi::config::{Config, Limits};
+use kasagi::server::{self, Mode};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "kasagi",
+    version,
+    about = "Real-time state synchronization server"
+)]
+struct Cli {
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `kasagi=debug`.
+    #[arg(long, env = "KASAGI_LOG", default_value = "info", global = true)]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve rooms over WebSocket on one instance, state in memory.
+    Serve(Box<ServeArgs>),
+    /// Echo every WebSocket message back, on any path (for the Autobahn conformance run).
+    Echo(EchoArgs),
+}
+
+#[derive(Args)]
+struct RuntimeArgs {
+    /// Number of shards (one executor per core). Default: all online cores.
+    #[arg(long, env = "KASAGI_SHARDS")]
+    shards: Option<usize>,
+    /// CPUs to pin shards to, e.g. `0,2-3`: shard i runs on the i-th CPU of the list.
+    #[arg(long, env = "KASAGI_CPUS")]
+    cpus: Option<String>,
+}
+
+#[derive(Args)]
+struct EchoArgs {
+    /// Address to listen on.
+    #[arg(long, env = "KASAGI_LISTEN", default_value = "127.0.0.1:9001")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on (every shard binds it with SO_REUSEPORT).
+    #[arg(long, env = "KASAGI_LISTEN", default_value = "0.0.0.0:7700")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
+    /// Largest WebSocket frame payload in bytes (close 1009 past it).
+    #[arg(long, env = "KASAGI_MAX_FRAME_BYTES", default_value_t = 65536)]
+    max_frame_bytes: usize,
+    /// Largest message in bytes, all fragments together (close 1009 past it).
+    #[arg(long, env = "KASAGI_MAX_MESSAGE_BYTES", default_value_t = 65536)]
+    max_message_bytes: usize,
+    /// Most fragments in one message (close 1009 past it).
+    #[arg(long, env = "KASAGI_MAX_FRAGMENTS", default_value_t = 128)]
+    max_fragments: usize,
+    /// Most ops in one `op` message (`too_large` past it).
+    #[arg(long, env = "KASAGI_MAX_OPS_PER_MESSAGE", default_value_t = 256)]
+    max_ops_per_message: usize,
+    /// Deepest path an op may use (`too_large` past it).
+    #[arg(long, env = "KASAGI_MAX_PATH_DEPTH", default_value_t = 32)]
+    max_path_depth: usize,
+    /// Largest room state in bytes, about its MessagePack size (`too_large` past it).
+    #[arg(long, env = "KASAGI_MAX_STATE_BYTES", default_value_t = 1048576)]
+    max_state_bytes: usize,
+    /// Most rooms one connection may be in.
+    #[arg(long, env = "KASAGI_MAX_ROOMS_PER_CONNECTION", default_value_t = 64)]
+    max_rooms_per_connection: usize,
+    /// Most members in one room (`room_full` past it).
+    #[arg(long, env = "KASAGI_MAX_MEMBERS_PER_ROOM", default_value_t = 10000)]
+    max_members_per_room: usize,
+    /// Messages per second per connection (token bucket refill rate).
+    #[arg(long, env = "KASAGI_RATE_LIMIT", default_value_t = 200)]
+    rate_limit: u32,
+    /// Token bucket size: messages a connection may send at once.
+    #[arg(long, env = "KASAGI_RATE_BURST", default_value_t = 400)]
+    rate_burst: u32,
+    /// Refused messages, without the bucket refilling to full, before close 1008.
+    #[arg(long, env = "KASAGI_RATE_ABUSE_LIMIT", default_value_t = 1000)]
+    rate_abuse_limit: u32,
+    /// Bytes queued per connection before its deltas are dropped for a snapshot.
+    #[arg(long, env = "KASAGI_OUTBOUND_QUEUE_BYTES", default_value_t = 1048576)]
+    outbound_queue_bytes: usize,
+    /// Deltas kept per room for resumed joins.
+    #[arg(long, env = "KASAGI_RESUME_WINDOW", default_value_t = 1024)]
+    resume_window: usize,
+    /// How long an empty room is kept (e.g. `30s`, `2m`).
+    #[arg(long, env = "KASAGI_ROOM_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    room_grace: Duration,
+    /// Time allowed for the HTTP request / upgrade.
+    #[arg(long, env = "KASAGI_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    handshake_timeout: Duration,
+    /// Largest request header block in bytes, request line included (431 past it).
+    #[arg(long, env = "KASAGI_MAX_HEADER_BYTES", default_value_t = 8192)]
+    max_header_bytes: usize,
+    /// Most request headers (431 past it).
+    #[arg(long, env = "KASAGI_MAX_HEADERS", default_value_t = 64)]
+    max_headers: usize,
+    /// An origin allowed to open a WebSocket (repeatable; none given: any origin).
+    #[arg(
+        long = "allowed-origin",
+        env = "KASAGI_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    allowed_origins: Vec<String>,
+    /// HS256 secret: when set, every upgrade needs a valid JWT (`?token=` or Bearer).
+    #[arg(long, env = "KASAGI_AUTH_SECRET", hide_env_values = true)]
+    auth_secret: Option<String>,
+    /// How long a drain (SIGTERM/SIGINT) waits for connections to close.
+    #[arg(long, env = "KASAGI_DRAIN_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
+    /// Listen backlog of each shard's socket.
+    #[arg(long, env = "KASAGI_BACKLOG", default_value_t = 1024)]
+    backlog: i32,
+}
+
+fn runtime_config(config: &mut Config, args: &RuntimeArgs) -> anyhow::Result<()> {
+    if let Some(shards) = args.shards {
+        if shards == 0 {
+            bail!("--shards must be at least 1");
+        }
+        config.shards = shards;
+    }
+    if let Some(list) = &args.cpus {
+        let cpus = kasagi_shards::parse_cpu_list(list).with_context(|| format!("--cpus {list}"))?;
+        if args.shards.is_none() {
+            config.shards = cpus.len();
+        }
+        config.cpus = Some(cpus);
+    }
+    Ok(())
+}
+
+fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut config = Config {
+        listen: args.listen,
+        backlog: args.backlog,
+        allowed_origins: args.allowed_origins.clone(),
+        auth_secret: args.auth_secret.clone(),
+        drain_timeout: args.drain_timeout,
+        limits: Limits {
+            max_frame_bytes: args.max_frame_bytes,
+            max_message_bytes: args.max_message_bytes,
+            max_fragments: args.max_fragments,
+            max_ops_per_message: args.max_ops_per_message,
+            max_path_depth: args.max_path_depth,
+            max_state_bytes: args.max_state_bytes,
+            max_rooms_per_connection: args.max_rooms_per_connection,
+            max_members_per_room: args.max_members_per_room,
+            rate_limit: args.rate_limit,
+            rate_burst: args.rate_burst,
+            rate_abuse_limit: args.rate_abuse_limit,
+            outbound_queue_bytes: args.outbound_queue_bytes,
+            resume_window: args.resume_window,
+            room_grace: args.room_grace,
+            handshake_timeout: args.handshake_timeout,
+            max_header_bytes: args.max_header_bytes,
+            max_headers: args.max_headers,
+        },
+        ..Config::default()
+    };
+    runtime_config(&mut config, &args.runtime)?;
+    if config.limits.max_frame_bytes > config.limits.max_message_bytes {
+        bail!("--max-frame-bytes cannot exceed --max-message-bytes");
+    }
+    Ok(config)
+}
+
+fn echo_config(args: &EchoArgs) -> anyhow::Result<Config> {
+    let mut config = Config {
+        listen: args.listen,
+        ..Config::default()
+    };
+    runtime_config(&mut config, &args.runtime)?;
+    Ok(config)
+}
+
+/// Sets `stop` on the first SIGTERM or SIGINT; a second one exits at once.
+fn install_signals(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .context("installing signal handlers")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if stop.swap(true, Ordering::SeqCst) {
+                    tracing::warn!(signal, "second signal: exiting now");
+                    std::process::exit(1);
+                }
+                tracing::info!(signal, "draining");
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&cli.log).context("--log")?)
+        .with_writer(std::io::stderr)
+        .init();
+    let (config, mode) = match &cli.command {
+        Command::Serve(args) => (serve_config(args)?, Mode::Serve),
+        Command::Echo(args) => (echo_config(args)?, Mode::Echo),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    install_signals(stop.clone())?;
+    let shards = config.shards;
+    server::run(config, mode, stop, |addr| {
+        tracing::info!(%addr, shards, "listening");
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "kasagi listening on {addr}");
+        let _ = stdout.flush();
+    })?;
+    Ok(())
+}

@@ -1,5 +1,11 @@
 //! The typed pieces of the protocol that rooms and the server share: room ids, paths,
 //! client ops, state-based delta ops and error codes.
+//!
+//! Their `Serialize` impls are the wire shapes of `PROTOCOL.md`: a path is an array of
+//! strings and integers, an op is `["set", path, value]` (`del` has no value), an error
+//! code is its string.
+
+use serde::ser::{Serialize, SerializeSeq, Serializer};
 
 use crate::value::Value;
 
@@ -12,12 +18,19 @@ impl RoomId {
 
     /// The id, when `s` is a valid room id.
     pub fn parse(s: &str) -> Option<RoomId> {
-        let ok = !s.is_empty()
+        Self::is_valid(s).then(|| RoomId(s.to_owned()))
+    }
+
+    /// The id, when `s` is a valid room id; reuses the string's allocation.
+    pub fn parse_owned(s: String) -> Option<RoomId> {
+        Self::is_valid(&s).then_some(RoomId(s))
+    }
+
+    fn is_valid(s: &str) -> bool {
+        !s.is_empty()
             && s.len() <= Self::MAX_LEN
-            && s
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'));
-        ok.then(|| RoomId(s.to_owned()))
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
     }
 
     pub fn as_str(&self) -> &str {
@@ -88,5 +101,63 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
+    }
+}
+
+impl Serialize for RoomId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl Serialize for PathSeg {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            PathSeg::Key(key) => serializer.serialize_str(key),
+            PathSeg::Index(index) => serializer.serialize_u64(*index),
+        }
+    }
+}
+
+/// Writes `[name, path]` or `[name, path, value]`.
+fn serialize_op<S: Serializer>(
+    serializer: S,
+    name: &str,
+    path: &Path,
+    value: Option<&Value>,
+) -> Result<S::Ok, S::Error> {
+    let mut seq = serializer.serialize_seq(Some(2 + usize::from(value.is_some())))?;
+    seq.serialize_element(name)?;
+    seq.serialize_element(path)?;
+    if let Some(value) = value {
+        seq.serialize_element(value)?;
+    }
+    seq.end()
+}
+
+impl Serialize for Op {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Op::Set(path, value) => serialize_op(serializer, "set", path, Some(value)),
+            Op::Del(path) => serialize_op(serializer, "del", path, None),
+            Op::Inc(path, amount) => serialize_op(serializer, "inc", path, Some(amount)),
+            Op::Push(path, value) => serialize_op(serializer, "push", path, Some(value)),
+        }
+    }
+}
+
+impl Serialize for DeltaOp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            DeltaOp::Set(path, value) => serialize_op(serializer, "set", path, Some(value)),
+            DeltaOp::Del(path) => serialize_op(serializer, "del", path, None),
+            DeltaOp::Push(path, value) => serialize_op(serializer, "push", path, Some(value)),
+        }
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }

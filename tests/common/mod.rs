@@ -760,8 +760,7 @@ pub fn member_shard(id: &str) -> Option<usize> {
 
 /// The shard that owns `room` on a server with `shards` shards.
 pub fn owner_shard(room: &str, shards: usize) -> usize {
-    // Placeholder until the lead's merge brings `kasagi_shards::shard_of`.
-    panic!("kasagi_shards::shard_of({room:?}, {shards}) is not available yet")
+    kasagi_shards::shard_of(room.as_bytes(), shards)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,140 @@
+//! `SO_REUSEPORT` listeners: one listening socket per shard, one port.
+//!
+//! Every shard accepts on its own socket and the kernel spreads incoming
+//! connections over the group (by a hash of the 4-tuple), so there is no
+//! acceptor thread and no hand-off between shards. The sockets are created in
+//! `main`, before any shard exists, so a bad address or a port in use is an
+//! ordinary error at startup, and `--listen 127.0.0.1:0` resolves to one real
+//! port that every shard shares and that `main` can print.
+//!
+//! The hand-over to glommio ([`into_listener`]) is the project's only `unsafe`.
+//!
+//! # Blocking mode
+//!
+//! The sockets are left in blocking mode, on purpose, although nothing ever
+//! blocks on them. glommio accepts through io_uring, which waits for a
+//! connection by arming a poll internally. On an `O_NONBLOCK` file, io_uring
+//! may instead hand back `EAGAIN` (it does for socket reads and writes on some
+//! kernels; accept on the 6.x kernel here waits either way), which glommio
+//! would report as a failed accept. glommio's own `bind` leaves sockets in
+//! blocking mode, and its first, opportunistic accept sets `O_NONBLOCK` around
+//! one syscall and then restores the flags. [`into_listener`] clears
+//! `O_NONBLOCK` as well, so a socket made elsewhere works too.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+
+use glommio::net::{TcpListener, TcpStream};
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Binds `count` listening sockets to `addr` with `SO_REUSEADDR` and
+/// `SO_REUSEPORT`, each listening with `backlog`.
+///
+/// If `addr` has port 0, the first bind picks a free port and the others bind
+/// that port. Returns the actual bound address and the sockets, ready for
+/// [`into_listener`] (one per shard). Runs on any thread.
+///
+/// # Errors
+///
+/// `InvalidInput` if `count` is 0; otherwise the error of the failing socket
+/// call (e.g. `AddrInUse` when another process holds the port without
+/// `SO_REUSEPORT`, or under a different user).
+pub fn bind_reuseport(
+    addr: SocketAddr,
+    count: usize,
+    backlog: i32,
+) -> io::Result<(SocketAddr, Vec<Socket>)> {
+    if count == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "cannot bind zero listeners",
+        ));
+    }
+    let first = bind_one(addr, backlog)?;
+    let bound = first
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("bound socket has no IP address"))?;
+    let mut sockets = Vec::with_capacity(count);
+    sockets.push(first);
+    for _ in 1..count {
+        sockets.push(bind_one(bound, backlog)?);
+    }
+    Ok((bound, sockets))
+}
+
+fn bind_one(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // Lets a restarted server bind while old connections sit in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket)
+}
+
+/// Hands a listening socket from [`bind_reuseport`] to glommio.
+///
+/// # Panics
+///
+/// Outside a glommio executor: glommio ties the listener to the current
+/// executor's reactor, so call this on the shard that will accept. In that
+/// (buggy) case the descriptor is leaked, never closed twice.
+pub fn into_listener(socket: Socket) -> TcpListener {
+    // A failure here only means the flag could not be cleared; accept would
+    // then report it, so there is nothing better to do with it now.
+    let _ = socket.set_nonblocking(false);
+    let fd = socket.into_raw_fd();
+    // SAFETY: `fd` was just released by `into_raw_fd` from a `Socket` we owned
+    // by value, so it is an open TCP socket that nothing else in the process
+    // refers to or will close; ownership moves to the glommio listener exactly
+    // once, which closes it on drop. glommio requires the fd to be bound and
+    // listening: `bind_reuseport` guarantees it for its sockets, and for any
+    // other socket `accept` fails with an ordinary `io::Error` (EINVAL), which
+    // is not undefined behaviour. If `from_raw_fd` panics (no executor on this
+    // thread), the fd is leaked, never closed twice.
+    unsafe { TcpListener::from_raw_fd(fd) }
+}
+
+/// Per-connection socket options for an accepted stream: `TCP_NODELAY`,
+/// because we write whole frames and never want Nagle to hold back a delta.
+pub fn tune_accepted(stream: &TcpStream) -> io::Result<()> {
+    stream.set_nodelay(true).map_err(io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, TcpListener as StdListener};
+
+    fn loopback(port: u16) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+    }
+
+    #[test]
+    fn port_zero_gives_every_socket_the_same_port() {
+        let (addr, sockets) = bind_reuseport(loopback(0), 3, 128).unwrap();
+        assert_ne!(addr.port(), 0);
+        assert_eq!(sockets.len(), 3);
+        for socket in &sockets {
+            assert_eq!(socket.local_addr().unwrap().as_socket(), Some(addr));
+            assert!(socket.reuse_port().unwrap());
+            assert!(socket.reuse_address().unwrap());
+        }
+    }
+
+    #[test]
+    fn zero_listeners_is_invalid_input() {
+        let err = bind_reuseport(loopback(0), 0, 128).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn a_port_held_without_reuseport_is_address_in_use() {
+        let holder = StdListener::bind(loopback(0)).unwrap();
+        let port = holder.local_addr().unwrap().port();
+        let err = bind_reuseport(loopback(port), 2, 128).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+    }
+}

@@ -1,0 +1,508 @@
+//! The owner side of a room: the shard that holds its authoritative state.
+//!
+//! Requests arrive here from every shard (through the mesh, or directly from this one).
+//! Ops are applied at once; deltas are made by the flusher, which runs after the tasks
+//! that were ready in the same executor turn: under light load each op is its own delta,
+//! under heavy load every op of a turn shares one delta. A delta is encoded once per
+//! subprotocol in use and sent once per member shard; acks follow it on the same path, so
+//! a sender always sees the delta holding its op before the op's ack.
+//!
+//! Invariants:
+//! - A snapshot (`joined`) is only taken with no unflushed ops: the room is flushed first,
+//!   so the snapshot's tick is exact and the next delta a member gets is tick + 1.
+//! - Each `op` message lands in exactly one delta; ticks go up by 1 per delta.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::encode;
+use super::metrics::ShardMetrics;
+use super::shard::{ConnRef, Frames, MeshMsg, Origin, Shard};
+use crate::protocol::{ErrorCode, Op, RoomId, ServerMessage, Subprotocol};
+use crate::room::{self, Applied, DeltaRecord, Room};
+use crate::value::Value;
+
+struct Member {
+    id: String,
+    proto: Subprotocol,
+}
+
+/// A room this shard owns, with its members across all shards.
+pub struct RoomHost {
+    room: Room,
+    /// Members in join order (the `members` list of `joined`).
+    members: Vec<(ConnRef, Member)>,
+    per_shard: Vec<u32>,
+    per_proto: [u32; 2],
+    /// Acks due with the next delta: (who, seq).
+    acks: Vec<(Origin, u64)>,
+    dirty: bool,
+    empty_since: Option<Instant>,
+}
+
+impl RoomHost {
+    fn new(room: Room, shards: usize, now: Instant) -> RoomHost {
+        RoomHost {
+            room,
+            members: Vec::new(),
+            per_shard: vec![0; shards],
+            per_proto: [0; 2],
+            acks: Vec::new(),
+            dirty: false,
+            empty_since: Some(now),
+        }
+    }
+
+    fn member_index(&self, conn: ConnRef) -> Option<usize> {
+        self.members.iter().position(|(c, _)| *c == conn)
+    }
+
+    fn wanted(&self) -> [bool; 2] {
+        [self.per_proto[0] > 0, self.per_proto[1] > 0]
+    }
+
+    fn member_ids(&self) -> Vec<String> {
+        self.members.iter().map(|(_, m)| m.id.clone()).collect()
+    }
+
+    /// The framed encoding of a delta for one subprotocol, made once and cached.
+    fn delta_frame(&self, delta: &DeltaRecord, proto: Subprotocol) -> Bytes {
+        delta.frames[proto.index()]
+            .get_or_init(|| {
+                encode::frame(
+                    &ServerMessage::Delta {
+                        room: self.room.id().as_str(),
+                        tick: delta.tick,
+                        epoch: delta.epoch,
+                        ops: &delta.ops,
+                    },
+                    proto,
+                )
+            })
+            .clone()
+    }
+}
+
+impl Shard {
+    fn room_limits(&self) -> room::Limits {
+        let l = &self.config.limits;
+        room::Limits {
+            max_state_bytes: l.max_state_bytes,
+            max_path_depth: l.max_path_depth,
+            resume_window: l.resume_window,
+        }
+    }
+
+    /// Sends a frame set to every shard with members of `host`'s room.
+    fn fan_out(&self, host: &RoomHost, frames: Frames, exclude: Option<ConnRef>) {
+        for (shard, &count) in host.per_shard.iter().enumerate() {
+            if count == 0 {
+                continue;
+            }
+            let room = host.room.id().clone();
+            self.send(
+                shard,
+                MeshMsg::Deliver {
+                    room,
+                    frames: frames.clone(),
+                    exclude,
+                },
+            );
+        }
+    }
+
+    fn reply_error(
+        &self,
+        to: Origin,
+        code: ErrorCode,
+        message: &str,
+        room: &RoomId,
+        seq: Option<u64>,
+    ) {
+        let frame = encode::frame(
+            &ServerMessage::Error {
+                code,
+                message,
+                room: Some(room.as_str()),
+                seq,
+            },
+            to.proto,
+        );
+        self.reply(to.conn, frame);
+    }
+
+    pub(super) fn owner_join(
+        &self,
+        room_id: RoomId,
+        origin: Origin,
+        member: String,
+        since: Option<u64>,
+        epoch: Option<u64>,
+    ) {
+        let now = self.now();
+        let mut rooms = self.rooms.borrow_mut();
+        if !rooms.contains_key(&room_id) {
+            let room = Room::new(room_id.clone(), 0, self.room_limits());
+            rooms.insert(room_id.clone(), RoomHost::new(room, self.shards, now));
+            ShardMetrics::add(&self.metrics().rooms, 1);
+        }
+        let host = rooms.get_mut(&room_id).expect("inserted above");
+        let existing = host.member_index(origin.conn);
+        if existing.is_none() && host.members.len() >= self.config.limits.max_members_per_room {
+            drop(rooms);
+            let frame = encode::frame(
+                &ServerMessage::Error {
+                    code: ErrorCode::RoomFull,
+                    message: "the room has as many members as it may",
+                    room: Some(room_id.as_str()),
+                    seq: None,
+                },
+                origin.proto,
+            );
+            return self.send(
+                origin.conn.shard,
+                MeshMsg::Left {
+                    room: room_id,
+                    conn: origin.conn.id,
+                    frame: Some(frame),
+                },
+            );
+        }
+        if host.dirty {
+            self.flush_host(host);
+        }
+        if existing.is_none() {
+            host.members.push((
+                origin.conn,
+                Member {
+                    id: member.clone(),
+                    proto: origin.proto,
+                },
+            ));
+            host.per_shard[origin.conn.shard] += 1;
+            host.per_proto[origin.proto.index()] += 1;
+            host.empty_since = None;
+        }
+        let members = host.member_ids();
+        let resumed = since.and_then(|since| host.room.deltas_since(since, epoch));
+        let mut frames = Vec::with_capacity(1 + resumed.as_ref().map_or(0, Vec::len));
+        frames.push(encode::frame(
+            &ServerMessage::Joined {
+                room: room_id.as_str(),
+                tick: host.room.tick(),
+                epoch: host.room.epoch(),
+                you: &member,
+                members: &members,
+                state: if resumed.is_some() {
+                    None
+                } else {
+                    Some(host.room.state())
+                },
+                resync: false,
+            },
+            origin.proto,
+        ));
+        for delta in resumed.iter().flatten() {
+            frames.push(host.delta_frame(delta, origin.proto));
+        }
+        if existing.is_none() {
+            let joined = [member];
+            let presence = encode::frames(
+                &ServerMessage::Presence {
+                    room: room_id.as_str(),
+                    joined: &joined,
+                    left: &[],
+                },
+                host.wanted(),
+            );
+            self.send(
+                origin.conn.shard,
+                MeshMsg::Joined {
+                    room: room_id.clone(),
+                    conn: origin.conn.id,
+                    frames,
+                },
+            );
+            self.fan_out(host, presence, Some(origin.conn));
+        } else {
+            self.send(
+                origin.conn.shard,
+                MeshMsg::Joined {
+                    room: room_id,
+                    conn: origin.conn.id,
+                    frames,
+                },
+            );
+        }
+    }
+
+    pub(super) fn owner_leave(&self, room_id: RoomId, origin: Origin, reply: bool) {
+        let mut rooms = self.rooms.borrow_mut();
+        let removed = match rooms.get_mut(&room_id) {
+            Some(host) => match host.member_index(origin.conn) {
+                Some(i) => {
+                    let (conn, member) = host.members.remove(i);
+                    host.per_shard[conn.shard] -= 1;
+                    host.per_proto[member.proto.index()] -= 1;
+                    if host.members.is_empty() {
+                        host.empty_since = Some(self.now());
+                    } else {
+                        let left = [member.id];
+                        let presence = encode::frames(
+                            &ServerMessage::Presence {
+                                room: room_id.as_str(),
+                                joined: &[],
+                                left: &left,
+                            },
+                            host.wanted(),
+                        );
+                        self.fan_out(host, presence, None);
+                    }
+                    true
+                }
+                None => false,
+            },
+            None => false,
+        };
+        drop(rooms);
+        if !reply {
+            return;
+        }
+        let frame = if removed {
+            encode::frame(
+                &ServerMessage::Left {
+                    room: room_id.as_str(),
+                    reason: None,
+                },
+                origin.proto,
+            )
+        } else {
+            encode::frame(
+                &ServerMessage::Error {
+                    code: ErrorCode::NotJoined,
+                    message: "join the room first",
+                    room: Some(room_id.as_str()),
+                    seq: None,
+                },
+                origin.proto,
+            )
+        };
+        self.send(
+            origin.conn.shard,
+            MeshMsg::Left {
+                room: room_id,
+                conn: origin.conn.id,
+                frame: Some(frame),
+            },
+        );
+    }
+
+    pub(super) fn owner_op(&self, room_id: RoomId, origin: Origin, seq: u64, ops: Vec<Op>) {
+        let mut rooms = self.rooms.borrow_mut();
+        let Some(host) = rooms
+            .get_mut(&room_id)
+            .filter(|h| h.member_index(origin.conn).is_some())
+        else {
+            drop(rooms);
+            return self.reply_error(
+                origin,
+                ErrorCode::NotJoined,
+                "join the room first",
+                &room_id,
+                Some(seq),
+            );
+        };
+        match host.room.apply(ops) {
+            Ok(Applied::Changed) => {
+                host.acks.push((origin, seq));
+                if !host.dirty {
+                    host.dirty = true;
+                    drop(rooms);
+                    self.mark_dirty(room_id);
+                }
+            }
+            Ok(Applied::Unchanged) => {
+                if host.dirty {
+                    // Its effect is already in the pending delta: ack with that tick.
+                    host.acks.push((origin, seq));
+                } else {
+                    let tick = host.room.tick();
+                    drop(rooms);
+                    let frame = encode::frame(
+                        &ServerMessage::Ack {
+                            room: room_id.as_str(),
+                            seq,
+                            tick,
+                        },
+                        origin.proto,
+                    );
+                    self.reply(origin.conn, frame);
+                }
+            }
+            Err(err) => {
+                drop(rooms);
+                self.reply_error(origin, err.code(), &err.to_string(), &room_id, Some(seq));
+            }
+        }
+    }
+
+    pub(super) fn owner_msg(&self, room_id: RoomId, origin: Origin, data: Value) {
+        let rooms = self.rooms.borrow();
+        let member = rooms
+            .get(&room_id)
+            .and_then(|h| h.member_index(origin.conn).map(|i| (h, i)));
+        let Some((host, i)) = member else {
+            drop(rooms);
+            return self.reply_error(
+                origin,
+                ErrorCode::NotJoined,
+                "join the room first",
+                &room_id,
+                None,
+            );
+        };
+        let frames = encode::frames(
+            &ServerMessage::Msg {
+                room: room_id.as_str(),
+                from: &host.members[i].1.id,
+                data: &data,
+            },
+            host.wanted(),
+        );
+        self.fan_out(host, frames, Some(origin.conn));
+    }
+
+    pub(super) fn owner_resync(&self, room_id: RoomId, origin: Origin) {
+        let mut rooms = self.rooms.borrow_mut();
+        let Some(host) = rooms.get_mut(&room_id) else {
+            return;
+        };
+        let Some(i) = host.member_index(origin.conn) else {
+            return;
+        };
+        if host.dirty {
+            self.flush_host(host);
+        }
+        let members = host.member_ids();
+        let frame = encode::frame(
+            &ServerMessage::Joined {
+                room: room_id.as_str(),
+                tick: host.room.tick(),
+                epoch: host.room.epoch(),
+                you: &host.members[i].1.id,
+                members: &members,
+                state: Some(host.room.state()),
+                resync: true,
+            },
+            origin.proto,
+        );
+        ShardMetrics::add(&self.metrics().resyncs, 1);
+        self.send(
+            origin.conn.shard,
+            MeshMsg::Joined {
+                room: room_id,
+                conn: origin.conn.id,
+                frames: vec![frame],
+            },
+        );
+    }
+
+    fn mark_dirty(&self, room: RoomId) {
+        self.dirty.borrow_mut().push(room);
+        if let Some(waker) = self.flush_waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// Turns a room's applied ops into one delta, fans it out, then sends the acks.
+    fn flush_host(&self, host: &mut RoomHost) {
+        host.dirty = false;
+        let tick = match host.room.flush() {
+            Some(delta) => {
+                let mut frames: Frames = [None, None];
+                for proto in Subprotocol::ALL {
+                    if host.per_proto[proto.index()] > 0 {
+                        frames[proto.index()] = Some(host.delta_frame(&delta, proto));
+                    }
+                }
+                ShardMetrics::add(&self.metrics().deltas, 1);
+                self.fan_out(host, frames, None);
+                delta.tick
+            }
+            None => host.room.tick(),
+        };
+        for (origin, seq) in host.acks.drain(..) {
+            let frame = encode::frame(
+                &ServerMessage::Ack {
+                    room: host.room.id().as_str(),
+                    seq,
+                    tick,
+                },
+                origin.proto,
+            );
+            self.reply(origin.conn, frame);
+        }
+    }
+
+    /// Flushes every dirty room (the end of an executor turn).
+    pub fn flush_dirty(&self) {
+        let dirty = std::mem::take(&mut *self.dirty.borrow_mut());
+        let mut rooms = self.rooms.borrow_mut();
+        for room in &dirty {
+            if let Some(host) = rooms.get_mut(room) {
+                if host.dirty {
+                    self.flush_host(host);
+                }
+            }
+        }
+        drop(rooms);
+        // Give the vector back so the next turn does not allocate.
+        let mut slot = self.dirty.borrow_mut();
+        if slot.is_empty() {
+            let mut dirty = dirty;
+            dirty.clear();
+            *slot = dirty;
+        }
+    }
+
+    /// Waits until some room is dirty.
+    pub fn dirty_rooms(self: &Rc<Self>) -> impl Future<Output = ()> + '_ {
+        DirtyRooms { shard: self }
+    }
+
+    /// Drops rooms that have been empty longer than the grace period.
+    pub fn sweep_rooms(&self, now: Instant) {
+        let grace = self.config.limits.room_grace;
+        let mut rooms = self.rooms.borrow_mut();
+        let before = rooms.len();
+        rooms.retain(|_, h| {
+            !(h.members.is_empty()
+                && !h.dirty
+                && h.empty_since
+                    .is_some_and(|t| now.duration_since(t) >= grace))
+        });
+        let dropped = before - rooms.len();
+        ShardMetrics::sub(&self.metrics().rooms, dropped as u64);
+    }
+}
+
+struct DirtyRooms<'a> {
+    shard: &'a Shard,
+}
+
+impl Future for DirtyRooms<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.shard.dirty.borrow().is_empty() {
+            return Poll::Ready(());
+        }
+        *self.shard.flush_waker.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}

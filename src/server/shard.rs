@@ -1,0 +1,651 @@
+//! One shard's state and the member side of every room.
+//!
+//! A connection lives on the shard that accepted it; a room lives on its owner shard
+//! (`shard_of(room)`). This file is what a shard does for its *connections*: it checks a
+//! request against the connection's memberships and routes it to the owner (a direct call
+//! when the owner is this shard, the mesh otherwise), and it delivers what owners send
+//! back: deltas, presence and messages fanned out once per shard, snapshots and replies
+//! addressed to one connection. The owner side is `owner.rs`.
+//!
+//! Invariants:
+//! - Everything an owner sends to one shard travels in one FIFO (the mesh keeps order per
+//!   peer, the local shortcut is a direct call), so a member sees a room's messages in the
+//!   owner's order: a snapshot, then exactly the deltas after it.
+//! - No `RefCell` borrow is held across a call that may re-enter the shard (routing to the
+//!   local owner delivers to local connections synchronously).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use kasagi_shards::{shard_of, Mesh, ShardId};
+
+use super::auth::{Grant, Verifier};
+use super::encode;
+use super::metrics::{AllMetrics, ShardMetrics};
+use super::outbound::{Outbound, Pushed};
+use super::owner::RoomHost;
+use crate::config::Config;
+use crate::protocol::{ClientMessage, ErrorCode, Op, RoomId, ServerMessage, Subprotocol};
+use crate::value::Value;
+use crate::ws::close_code;
+
+/// A connection's number on its shard.
+pub type ConnId = u64;
+
+/// A connection anywhere in the instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnRef {
+    pub shard: ShardId,
+    pub id: ConnId,
+}
+
+/// Who sent a request: where to answer and in which encoding.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin {
+    pub conn: ConnRef,
+    pub proto: Subprotocol,
+}
+
+/// Frames of one message, per subprotocol index; `None` where no recipient needs it.
+pub type Frames = [Option<Bytes>; 2];
+
+/// Messages between shards. Requests go from a connection's shard to a room's owner;
+/// the rest go back. When a peer's channel is full the mesh queues the message in order
+/// (see `kasagi_shards::mesh`); nothing here is dropped in transit.
+pub enum MeshMsg {
+    Join {
+        room: RoomId,
+        origin: Origin,
+        member: String,
+        since: Option<u64>,
+        epoch: Option<u64>,
+    },
+    Leave {
+        room: RoomId,
+        origin: Origin,
+        /// False when the connection is gone and wants no answer.
+        reply: bool,
+    },
+    Op {
+        room: RoomId,
+        origin: Origin,
+        seq: u64,
+        ops: Vec<Op>,
+    },
+    Msg {
+        room: RoomId,
+        origin: Origin,
+        data: Value,
+    },
+    /// A slow consumer drained its queue and needs a fresh snapshot.
+    Resync { room: RoomId, origin: Origin },
+    /// Fan-out to every local member of `room` (deltas, presence, `msg`).
+    Deliver {
+        room: RoomId,
+        frames: Frames,
+        exclude: Option<ConnRef>,
+    },
+    /// A `joined` (and the deltas of a resume) for one member.
+    Joined {
+        room: RoomId,
+        conn: ConnId,
+        frames: Vec<Bytes>,
+    },
+    /// The member is out of `room` (left, or refused); `frame` answers it when present.
+    Left {
+        room: RoomId,
+        conn: ConnId,
+        frame: Option<Bytes>,
+    },
+    /// A reply (ack, error) for one connection.
+    ToConn { conn: ConnId, frame: Bytes },
+}
+
+/// Where a connection stands in one room, as its own shard sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// The join is on its way to the owner.
+    Joining,
+    Joined,
+    /// Deltas were dropped (queue overflow); a snapshot is due once the queue drains.
+    Stale,
+    /// The snapshot was requested; deltas are dropped until it arrives.
+    Resyncing,
+}
+
+/// One WebSocket connection's state shared between its task and its shard.
+pub struct Conn {
+    pub id: ConnId,
+    pub member: Rc<str>,
+    pub proto: Subprotocol,
+    pub out: RefCell<Outbound>,
+    pub rooms: RefCell<HashMap<RoomId, Membership>>,
+    /// Some room is `Stale`: the task asks for snapshots when the queue drains.
+    pub stale: Cell<bool>,
+    /// Some room is `Stale` or `Resyncing`: deltas need a look at the room's membership.
+    unsynced: Cell<bool>,
+    pub grant: Grant,
+    /// Set when the server wants the connection closed (drain, policy).
+    pub closing: Cell<Option<u16>>,
+}
+
+impl Conn {
+    pub fn new(
+        id: ConnId,
+        member: Rc<str>,
+        proto: Subprotocol,
+        limit: usize,
+        grant: Grant,
+    ) -> Conn {
+        Conn {
+            id,
+            member,
+            proto,
+            out: RefCell::new(Outbound::new(limit)),
+            rooms: RefCell::new(HashMap::new()),
+            stale: Cell::new(false),
+            unsynced: Cell::new(false),
+            grant,
+            closing: Cell::new(None),
+        }
+    }
+
+    /// Queues a close frame and stops queuing anything else.
+    pub fn close(&self, code: u16, reason: &str) {
+        self.close_with(code, crate::ws::frame::close_frame(code, reason));
+    }
+
+    /// Answers a close frame that carried no code with an empty one (RFC 6455 5.5.1).
+    pub fn close_empty(&self) {
+        let frame = crate::ws::frame::encode_frame(crate::ws::frame::Opcode::Close, &[]);
+        self.close_with(close_code::NORMAL, frame);
+    }
+
+    fn close_with(&self, code: u16, frame: Vec<u8>) {
+        if self.closing.get().is_some() {
+            return;
+        }
+        self.closing.set(Some(code));
+        let mut out = self.out.borrow_mut();
+        out.push_control(Bytes::from(frame));
+        out.close();
+    }
+
+    /// Delivers a fan-out frame of `room`, dropping it while the member awaits a snapshot.
+    fn deliver(&self, room: &RoomId, frame: &Bytes) -> bool {
+        if self.unsynced.get() {
+            if let Some(m) = self.rooms.borrow().get(room) {
+                if matches!(m, Membership::Stale | Membership::Resyncing) {
+                    return false;
+                }
+            }
+        }
+        let pushed = self.out.borrow_mut().push_delta(frame.clone());
+        if pushed == Pushed::DroppedDeltas {
+            let mut rooms = self.rooms.borrow_mut();
+            for m in rooms.values_mut() {
+                if *m == Membership::Joined {
+                    *m = Membership::Stale;
+                }
+            }
+            self.stale.set(true);
+            self.unsynced.set(true);
+            return false;
+        }
+        true
+    }
+}
+
+/// One shard: its connections, the rooms it owns, and its view of rooms its connections
+/// are in.
+pub struct Shard {
+    pub id: ShardId,
+    pub shards: usize,
+    pub config: Rc<Config>,
+    pub metrics: AllMetrics,
+    pub verifier: Option<Verifier>,
+    mesh: Mesh<MeshMsg>,
+    next_conn: Cell<ConnId>,
+    pub(super) conns: RefCell<HashMap<ConnId, Rc<Conn>>>,
+    /// Local members of each room that has any, whoever owns it.
+    members: RefCell<HashMap<RoomId, Vec<Rc<Conn>>>>,
+    /// Rooms this shard owns.
+    pub(super) rooms: RefCell<HashMap<RoomId, RoomHost>>,
+    /// Owned rooms with applied, unflushed ops, and the flusher to wake for them.
+    pub(super) dirty: RefCell<Vec<RoomId>>,
+    pub(super) flush_waker: RefCell<Option<std::task::Waker>>,
+    pub stopping: Cell<bool>,
+}
+
+impl Shard {
+    pub fn new(
+        config: Rc<Config>,
+        metrics: AllMetrics,
+        mesh: Mesh<MeshMsg>,
+        verifier: Option<Verifier>,
+    ) -> Shard {
+        Shard {
+            id: mesh.id(),
+            shards: mesh.shards(),
+            config,
+            metrics,
+            verifier,
+            mesh,
+            next_conn: Cell::new(1),
+            conns: RefCell::new(HashMap::new()),
+            members: RefCell::new(HashMap::new()),
+            rooms: RefCell::new(HashMap::new()),
+            dirty: RefCell::new(Vec::new()),
+            flush_waker: RefCell::new(None),
+            stopping: Cell::new(false),
+        }
+    }
+
+    pub fn metrics(&self) -> &ShardMetrics {
+        &self.metrics[self.id]
+    }
+
+    /// Registers a new connection and gives it its member id.
+    pub fn open_conn(&self, proto: Subprotocol, grant: Grant) -> Rc<Conn> {
+        let id = self.next_conn.get();
+        self.next_conn.set(id + 1);
+        let member: Rc<str> = format!("s{}c{}", self.id, id).into();
+        let conn = Rc::new(Conn::new(
+            id,
+            member,
+            proto,
+            self.config.limits.outbound_queue_bytes,
+            grant,
+        ));
+        self.conns.borrow_mut().insert(id, conn.clone());
+        ShardMetrics::add(&self.metrics().connections, 1);
+        conn
+    }
+
+    /// Forgets a connection and leaves all its rooms.
+    pub fn close_conn(&self, conn: &Rc<Conn>) {
+        if self.conns.borrow_mut().remove(&conn.id).is_none() {
+            return;
+        }
+        ShardMetrics::sub(&self.metrics().connections, 1);
+        let rooms: Vec<RoomId> = conn.rooms.borrow_mut().drain().map(|(r, _)| r).collect();
+        for room in rooms {
+            self.remove_local_member(&room, conn.id);
+            let origin = self.origin(conn);
+            self.route(
+                &room,
+                MeshMsg::Leave {
+                    room: room.clone(),
+                    origin,
+                    reply: false,
+                },
+            );
+        }
+    }
+
+    /// Open connections on this shard.
+    pub fn conns(&self) -> Vec<Rc<Conn>> {
+        self.conns.borrow().values().cloned().collect()
+    }
+
+    pub fn conn_count(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    fn origin(&self, conn: &Conn) -> Origin {
+        Origin {
+            conn: ConnRef {
+                shard: self.id,
+                id: conn.id,
+            },
+            proto: conn.proto,
+        }
+    }
+
+    pub fn owner_of(&self, room: &RoomId) -> ShardId {
+        shard_of(room.as_str().as_bytes(), self.shards)
+    }
+
+    /// Sends a message to `room`'s owner, directly when that is this shard.
+    fn route(&self, room: &RoomId, msg: MeshMsg) {
+        let owner = self.owner_of(room);
+        self.send(owner, msg);
+    }
+
+    /// Sends a message to a shard, directly when that is this shard.
+    pub(super) fn send(&self, dst: ShardId, msg: MeshMsg) {
+        if dst == self.id {
+            self.handle(self.id, msg);
+        } else {
+            self.mesh.send(dst, msg);
+        }
+    }
+
+    /// Handles a message from a shard (this one included).
+    pub fn handle(&self, _from: ShardId, msg: MeshMsg) {
+        match msg {
+            MeshMsg::Join {
+                room,
+                origin,
+                member,
+                since,
+                epoch,
+            } => self.owner_join(room, origin, member, since, epoch),
+            MeshMsg::Leave {
+                room,
+                origin,
+                reply,
+            } => self.owner_leave(room, origin, reply),
+            MeshMsg::Op {
+                room,
+                origin,
+                seq,
+                ops,
+            } => self.owner_op(room, origin, seq, ops),
+            MeshMsg::Msg { room, origin, data } => self.owner_msg(room, origin, data),
+            MeshMsg::Resync { room, origin } => self.owner_resync(room, origin),
+            MeshMsg::Deliver {
+                room,
+                frames,
+                exclude,
+            } => self.deliver_local(&room, &frames, exclude),
+            MeshMsg::Joined { room, conn, frames } => self.member_joined(room, conn, frames),
+            MeshMsg::Left { room, conn, frame } => self.member_left(room, conn, frame),
+            MeshMsg::ToConn { conn, frame } => {
+                if let Some(conn) = self.conns.borrow().get(&conn) {
+                    conn.out.borrow_mut().push_control(frame);
+                    ShardMetrics::add(&self.metrics().messages_out, 1);
+                }
+            }
+        }
+    }
+
+    /// Sends a reply frame to one connection, wherever it is.
+    pub(super) fn reply(&self, to: ConnRef, frame: Bytes) {
+        self.send(to.shard, MeshMsg::ToConn { conn: to.id, frame });
+    }
+
+    /// Queues an answer on a local connection.
+    fn answer(&self, conn: &Conn, msg: &ServerMessage<'_>) {
+        conn.out
+            .borrow_mut()
+            .push_control(encode::frame(msg, conn.proto));
+        ShardMetrics::add(&self.metrics().messages_out, 1);
+    }
+
+    fn answer_error(
+        &self,
+        conn: &Conn,
+        code: ErrorCode,
+        message: &str,
+        room: Option<&RoomId>,
+        seq: Option<u64>,
+    ) {
+        self.answer(
+            conn,
+            &ServerMessage::Error {
+                code,
+                message,
+                room: room.map(RoomId::as_str),
+                seq,
+            },
+        );
+    }
+
+    /// A decoded request from a local connection.
+    pub fn on_request(&self, conn: &Rc<Conn>, msg: ClientMessage) {
+        match msg {
+            ClientMessage::Ping { id } => {
+                let time = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros() as u64);
+                self.answer(conn, &ServerMessage::Pong { id: &id, time });
+            }
+            ClientMessage::Join { room, since, epoch } => {
+                if !conn.grant.may_join(room.as_str()) {
+                    let message = "the token does not allow this room";
+                    return self.answer_error(
+                        conn,
+                        ErrorCode::Forbidden,
+                        message,
+                        Some(&room),
+                        None,
+                    );
+                }
+                {
+                    let mut rooms = conn.rooms.borrow_mut();
+                    let max = self.config.limits.max_rooms_per_connection;
+                    if !rooms.contains_key(&room) && rooms.len() >= max {
+                        drop(rooms);
+                        let message = format!("a connection may be in at most {max} rooms");
+                        return self.answer_error(
+                            conn,
+                            ErrorCode::TooLarge,
+                            &message,
+                            Some(&room),
+                            None,
+                        );
+                    }
+                    rooms.entry(room.clone()).or_insert(Membership::Joining);
+                }
+                let origin = self.origin(conn);
+                let member = conn.member.to_string();
+                self.route(
+                    &room.clone(),
+                    MeshMsg::Join {
+                        room,
+                        origin,
+                        member,
+                        since,
+                        epoch,
+                    },
+                );
+            }
+            ClientMessage::Leave { room } => {
+                if !self.check_joined(conn, &room, None) {
+                    return;
+                }
+                let origin = self.origin(conn);
+                self.route(
+                    &room.clone(),
+                    MeshMsg::Leave {
+                        room,
+                        origin,
+                        reply: true,
+                    },
+                );
+            }
+            ClientMessage::Op { room, seq, ops } => {
+                if !self.check_joined(conn, &room, Some(seq)) {
+                    return;
+                }
+                let max = self.config.limits.max_ops_per_message;
+                if ops.len() > max {
+                    let message = format!("at most {max} ops per message");
+                    return self.answer_error(
+                        conn,
+                        ErrorCode::TooLarge,
+                        &message,
+                        Some(&room),
+                        Some(seq),
+                    );
+                }
+                let origin = self.origin(conn);
+                self.route(
+                    &room.clone(),
+                    MeshMsg::Op {
+                        room,
+                        origin,
+                        seq,
+                        ops,
+                    },
+                );
+            }
+            ClientMessage::Msg { room, data } => {
+                if !self.check_joined(conn, &room, None) {
+                    return;
+                }
+                let origin = self.origin(conn);
+                self.route(&room.clone(), MeshMsg::Msg { room, origin, data });
+            }
+        }
+    }
+
+    fn check_joined(&self, conn: &Conn, room: &RoomId, seq: Option<u64>) -> bool {
+        if conn.rooms.borrow().contains_key(room) {
+            return true;
+        }
+        self.answer_error(
+            conn,
+            ErrorCode::NotJoined,
+            "join the room first",
+            Some(room),
+            seq,
+        );
+        false
+    }
+
+    /// Answers a request that did not decode into a valid message.
+    pub fn on_bad_request(
+        &self,
+        conn: &Conn,
+        message: &str,
+        room: Option<&RoomId>,
+        seq: Option<u64>,
+    ) {
+        self.answer_error(conn, ErrorCode::BadRequest, message, room, seq);
+    }
+
+    /// Answers a message refused by the rate limit.
+    pub fn on_rate_limited(&self, conn: &Conn) {
+        self.answer_error(
+            conn,
+            ErrorCode::RateLimited,
+            "too many messages; slow down",
+            None,
+            None,
+        );
+    }
+
+    /// A slow consumer's queue drained: ask each stale room's owner for a snapshot.
+    pub fn request_resyncs(&self, conn: &Rc<Conn>) {
+        conn.stale.set(false);
+        let stale: Vec<RoomId> = {
+            let mut rooms = conn.rooms.borrow_mut();
+            rooms
+                .iter_mut()
+                .filter(|(_, m)| **m == Membership::Stale)
+                .map(|(room, m)| {
+                    *m = Membership::Resyncing;
+                    room.clone()
+                })
+                .collect()
+        };
+        for room in stale {
+            let origin = self.origin(conn);
+            self.route(&room.clone(), MeshMsg::Resync { room, origin });
+        }
+    }
+
+    fn deliver_local(&self, room: &RoomId, frames: &Frames, exclude: Option<ConnRef>) {
+        let members = self.members.borrow();
+        let Some(list) = members.get(room) else {
+            return;
+        };
+        let mut sent = 0;
+        for conn in list {
+            if exclude.is_some_and(|x| x.shard == self.id && x.id == conn.id) {
+                continue;
+            }
+            if let Some(frame) = &frames[conn.proto.index()] {
+                sent += u64::from(conn.deliver(room, frame));
+            }
+        }
+        ShardMetrics::add(&self.metrics().messages_out, sent);
+    }
+
+    fn member_joined(&self, room: RoomId, conn: ConnId, frames: Vec<Bytes>) {
+        let Some(conn) = self.conns.borrow().get(&conn).cloned() else {
+            return;
+        };
+        let previous = {
+            let mut rooms = conn.rooms.borrow_mut();
+            let Some(m) = rooms.get_mut(&room) else {
+                return;
+            };
+            let previous = std::mem::replace(m, Membership::Joined);
+            if conn.unsynced.get() && previous == Membership::Resyncing {
+                let unsynced = rooms
+                    .values()
+                    .any(|m| matches!(m, Membership::Stale | Membership::Resyncing));
+                conn.unsynced.set(unsynced);
+            }
+            previous
+        };
+        if previous == Membership::Joining {
+            self.members
+                .borrow_mut()
+                .entry(room)
+                .or_default()
+                .push(conn.clone());
+        }
+        let mut out = conn.out.borrow_mut();
+        let n = frames.len() as u64;
+        for frame in frames {
+            out.push_control(frame);
+        }
+        ShardMetrics::add(&self.metrics().messages_out, n);
+    }
+
+    fn member_left(&self, room: RoomId, conn: ConnId, frame: Option<Bytes>) {
+        let Some(conn) = self.conns.borrow().get(&conn).cloned() else {
+            return;
+        };
+        conn.rooms.borrow_mut().remove(&room);
+        self.remove_local_member(&room, conn.id);
+        if let Some(frame) = frame {
+            conn.out.borrow_mut().push_control(frame);
+            ShardMetrics::add(&self.metrics().messages_out, 1);
+        }
+    }
+
+    fn remove_local_member(&self, room: &RoomId, conn: ConnId) {
+        let mut members = self.members.borrow_mut();
+        if let Some(list) = members.get_mut(room) {
+            list.retain(|c| c.id != conn);
+            if list.is_empty() {
+                members.remove(room);
+            }
+        }
+    }
+
+    /// Closes every connection whose token expired by `now_secs` (1008).
+    pub fn expire_grants(&self, now_secs: u64) {
+        for conn in self.conns() {
+            if conn.grant.expires_at.is_some_and(|exp| exp <= now_secs) {
+                conn.close(close_code::POLICY, "token expired");
+            }
+        }
+    }
+
+    /// Starts a drain: every connection gets close 1001.
+    pub fn begin_drain(&self) {
+        self.stopping.set(true);
+        for conn in self.conns() {
+            conn.close(close_code::GOING_AWAY, "server shutting down");
+        }
+    }
+
+    /// Resolves once every message this shard sent to its peers is in their channels.
+    pub async fn flush_mesh(&self) {
+        self.mesh.flush().await;
+    }
+
+    /// The monotonic clock the owner side stamps empty rooms with.
+    pub(super) fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
