@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 const CLIENTS: usize = 24;
 const ROOMS: [&str; 3] = ["conv-a", "conv-b", "conv-c"];
-const MESSAGES_PER_CLIENT: u64 = 150;
+const MESSAGES_PER_CLIENT: u64 = 300;
 /// Op messages in flight per client: enough to make the server coalesce, small enough to
 /// stay far from the rate limit and the outbound queue bound.
 const WINDOW: usize = 6;

@@ -120,6 +120,10 @@ fn slow_consumer_is_resynced_and_memory_stays_bounded() {
         deltas_before_resync < FLOOD_OPS,
         "the slow client got every delta: nothing was dropped"
     );
+    eprintln!(
+        "slow consumer: RSS {baseline} -> peak {peak} KiB; {deltas_before_resync} deltas before \
+         {resyncs} resync(s); final tick {final_tick}"
+    );
     slow.sync();
     let fresh = server.client(Enc::Json).join("flood");
     assert_eq!(mirror.tick, fresh["tick"].as_u64().expect("tick"));

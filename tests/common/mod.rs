@@ -478,9 +478,11 @@ impl Client {
             .map_err(ws_error)?;
         let mut request = format!("ws://{addr}{target}").into_client_request()?;
         if !offer.is_empty() {
+            // No space after the commas: tungstenite 0.24 matches the server's answer against
+            // the offer split on "," without trimming.
             request.headers_mut().insert(
                 "Sec-WebSocket-Protocol",
-                HeaderValue::from_str(&offer.join(", ")).expect("header value"),
+                HeaderValue::from_str(&offer.join(",")).expect("header value"),
             );
         }
         for (name, value) in headers {
@@ -708,10 +710,11 @@ impl Client {
         (before, answer)
     }
 
-    /// Sends an `op` whose answer must be an `error`, the very next message; returns it.
+    /// Sends an `op` whose answer must be an `error`, the next message other than presence
+    /// (other clients may come and go meanwhile); returns it.
     pub fn op_error(&mut self, room: &str, seq: u64, ops: Value) -> Value {
         self.op(room, seq, ops.clone());
-        let answer = self.recv();
+        let (answer, _) = self.recv_until(|m| m["t"] != "presence");
         assert_eq!(answer["t"], "error", "ops {ops} should fail, got {answer}");
         answer
     }
