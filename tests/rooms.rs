@@ -4,6 +4,8 @@
 mod common;
 
 use common::{member_shard, owner_shard, Client, Enc, Mirror, Server};
+use std::collections::BTreeMap;
+
 use serde_json::{json, Value};
 
 fn ids(value: &Value) -> Vec<String> {
@@ -368,4 +370,186 @@ fn cross_shard_resume_and_disconnect_presence() {
         mirror.apply_delta(&delta).expect("resent deltas apply");
     }
     assert_eq!(mirror.state, json!({"a": 1, "b": 2}));
+}
+
+/// The requests of [`pipelined_requests_in_order`], written in one burst.
+fn pipelined_burst(room: &str) -> [Value; 8] {
+    [
+        json!({"t": "join", "room": room}),
+        json!({"t": "op", "room": room, "seq": 1, "ops": [["set", ["a"], 1]]}),
+        json!({"t": "op", "room": room, "seq": 2, "ops": [["push", ["a"], 2]]}),
+        json!({"t": "op", "room": room, "seq": 3, "ops": [["set", ["b"], 2]]}),
+        json!({"t": "leave", "room": room}),
+        json!({"t": "op", "room": room, "seq": 4, "ops": [["set", ["c"], 3]]}),
+        json!({"t": "join", "room": room}),
+        json!({"t": "op", "room": room, "seq": 5, "ops": [["inc", ["b"], 1]]}),
+    ]
+}
+
+/// Requests written in one burst, without waiting for answers, are handled in order: a `join`
+/// is in effect for the `op` right behind it, a `leave` for the `op` behind that, and the
+/// connection ends up a member again.
+fn pipelined_requests_in_order(server: &Server, client: &mut Client, room: &str) {
+    for request in pipelined_burst(room) {
+        client.send(request);
+    }
+    let mut joined = Vec::new();
+    let mut answers: BTreeMap<u64, Value> = BTreeMap::new();
+    let mut left = 0;
+    let mut seen = Vec::new();
+    while joined.len() < 2 || left < 1 || answers.len() < 5 {
+        let message = match client.read_event(common::RECV_TIMEOUT) {
+            Some(common::Event::Msg(message)) => message,
+            other => panic!(
+                "burst on {room}: got {other:?}; still waiting (joined {}, left {left}, answers {:?}); seen {seen:?}",
+                joined.len(),
+                answers.keys().collect::<Vec<_>>()
+            ),
+        };
+        seen.push(message.clone());
+        match message["t"].as_str() {
+            Some("joined") => joined.push(message),
+            Some("left") => left += 1,
+            Some("ack" | "error") => {
+                let seq = message["seq"].as_u64().expect("answers to ops carry seq");
+                assert!(
+                    answers.insert(seq, message).is_none(),
+                    "two answers for {seq}"
+                );
+            }
+            _ => {}
+        }
+    }
+    let kind = |seq: u64| answers[&seq]["t"].as_str().unwrap_or("?").to_owned();
+    assert_eq!(kind(1), "ack", "{seen:?}");
+    assert_eq!(kind(2), "error", "{seen:?}");
+    assert_eq!(
+        answers[&2]["code"], "conflict",
+        "push on an integer: {seen:?}"
+    );
+    assert_eq!(kind(3), "ack", "{seen:?}");
+    assert_eq!(kind(4), "error", "{seen:?}");
+    assert_eq!(
+        answers[&4]["code"], "not_joined",
+        "op after leave: {seen:?}"
+    );
+    assert_eq!(kind(5), "ack", "op after the re-join: {seen:?}");
+    assert_eq!(joined[1]["state"], json!({"a": 1, "b": 2}), "{seen:?}");
+    // Still a member: a later op comes back as delta then ack.
+    let (before, ack) = client.op_acked(room, 6, json!([["set", ["after"], true]]));
+    assert!(
+        before
+            .iter()
+            .any(|m| m["t"] == "delta" && m["tick"] == ack["tick"]),
+        "a member gets the delta of its own op: {before:?}"
+    );
+    let fresh = server.client(Enc::Msgpack).join(room);
+    assert_eq!(fresh["state"], json!({"a": 1, "b": 3, "after": true}));
+}
+
+#[test]
+fn pipelined_requests_are_handled_in_order_locally() {
+    let server = Server::start(&[]);
+    let mut client = server.client(Enc::Json);
+    pipelined_requests_in_order(&server, &mut client, "pipe");
+}
+
+#[test]
+fn pipelined_requests_are_handled_in_order_across_shards() {
+    let server = Server::start(&["--shards", "2"]);
+    let [s0, s1] = one_client_per_shard(&server);
+    let (mut s0, mut s1) = (s0, s1);
+    pipelined_requests_in_order(&server, &mut s0, &room_on(1, "pipe"));
+    pipelined_requests_in_order(&server, &mut s1, &room_on(0, "pipe"));
+}
+
+#[test]
+fn deltas_and_msgs_reach_only_members() {
+    let server = Server::start(&["--shards", "2"]);
+    let mut a = server.client(Enc::Json);
+    let mut b = server.client(Enc::Msgpack);
+    a.join("mine");
+    b.join("mine");
+    b.join("theirs");
+    a.expect("presence");
+    b.op_acked("theirs", 1, json!([["set", ["x"], 1]]));
+    b.send(json!({"t": "msg", "room": "theirs", "data": "psst"}));
+    a.assert_quiet("a is not in `theirs`");
+    b.send(json!({"t": "leave", "room": "mine"}));
+    b.next_of("left");
+    a.next_of("presence");
+    a.op_acked("mine", 1, json!([["set", ["y"], 1]]));
+    a.send(json!({"t": "msg", "room": "mine", "data": "hello?"}));
+    let seen = b.sync();
+    assert!(
+        seen.iter().all(|m| m["room"] != "mine"),
+        "after leaving, nothing of the room arrives: {seen:?}"
+    );
+}
+
+#[test]
+fn empty_room_survives_the_grace_period_then_is_dropped() {
+    let server = Server::start(&["--room-grace", "1s"]);
+    let mut a = server.client(Enc::Json);
+    a.join("grace");
+    a.op_acked("grace", 1, json!([["set", ["kept"], true]]));
+    drop(a);
+    // Right after the last member left, the room is still there.
+    let mut b = server.client(Enc::Json);
+    let joined = b.join("grace");
+    assert_eq!(joined["state"], json!({"kept": true}), "{joined}");
+    drop(b);
+    // Past the grace period it is gone. Polled on /metrics (a probe join would itself keep
+    // the room alive), since no message announces the drop.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let (status, _, body) = common::http_get(server.addr(), "/metrics");
+        assert_eq!(status, 200);
+        let rooms: f64 = body
+            .lines()
+            .filter(|line| line.starts_with("kasagi_rooms{") || line.starts_with("kasagi_rooms "))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if rooms == 0.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "an empty room outlived a 1 s grace by 15 s: {body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let joined = server.client(Enc::Msgpack).join("grace");
+    assert_eq!(joined["tick"], 0, "{joined}");
+    assert_eq!(joined["state"], json!({}), "{joined}");
+}
+
+#[test]
+fn answers_follow_request_order() {
+    // "Requests of one connection are handled in the order sent": a client reading the
+    // answers of a burst expects them in that order (ack 1 before error 2, acks before
+    // `left`).
+    let server = Server::start(&[]);
+    let mut client = server.client(Enc::Json);
+    for request in pipelined_burst("order") {
+        client.send(request);
+    }
+    let mut kinds = Vec::new();
+    let mut seen = Vec::new();
+    while kinds.len() < 8 {
+        let message = client.recv();
+        seen.push(message.clone());
+        let kind = message["t"].as_str().unwrap_or("?").to_owned();
+        if kind != "delta" && kind != "presence" {
+            kinds.push(match message["seq"].as_u64() {
+                Some(seq) => format!("{kind} {seq}"),
+                None => kind,
+            });
+        }
+    }
+    assert_eq!(
+        kinds,
+        ["joined", "ack 1", "error 2", "ack 3", "left", "error 4", "joined", "ack 5"],
+        "answers out of request order: {seen:?}"
+    );
 }

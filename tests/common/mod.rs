@@ -81,7 +81,15 @@ impl Server {
             full.push("1".into());
         }
         full.extend(args.iter().map(|arg| arg.to_string()));
+        Server::spawn(full)
+    }
 
+    /// Starts `kasagi echo --listen 127.0.0.1:0`, the RFC 6455 echo server.
+    pub fn start_echo() -> Server {
+        Server::spawn(vec!["echo".into(), "--listen".into(), "127.0.0.1:0".into()])
+    }
+
+    fn spawn(full: Vec<String>) -> Server {
         let stderr_path = std::env::temp_dir().join(format!(
             "kasagi-itest-{}-{}-{}.stderr",
             std::process::id(),
