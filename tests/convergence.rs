@@ -13,12 +13,22 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-const CLIENTS: usize = 24;
-const ROOMS: [&str; 3] = ["conv-a", "conv-b", "conv-c"];
-const MESSAGES_PER_CLIENT: u64 = 300;
-/// Op messages in flight per client: enough to make the server coalesce, small enough to
-/// stay far from the rate limit and the outbound queue bound.
-const WINDOW: usize = 6;
+/// One convergence run: who sends what where.
+#[derive(Clone, Copy)]
+struct Scenario {
+    clients: usize,
+    /// Client `i` joins `rooms[i % len]` and `rooms[(i + 1) % len]` (one room when there is
+    /// one).
+    rooms: &'static [&'static str],
+    messages_per_client: u64,
+    /// Op messages in flight per client: enough to make the server coalesce, small enough
+    /// to stay far from the rate limit and the outbound queue bound.
+    window: usize,
+    random_op: OpGenerator,
+}
+
+/// Draws one op and the counter it increments, if any.
+type OpGenerator = fn(&mut StdRng) -> (Value, Option<(String, i64)>);
 const SEED: u64 = 0x6b61_7361_6769;
 const DEADLINE: Duration = Duration::from_secs(60);
 
@@ -32,6 +42,26 @@ struct Outcome {
     counters: BTreeMap<String, BTreeMap<String, i64>>,
     acked: u64,
     conflicts: u64,
+}
+
+/// Ops on one short array and the maps inside it: index shifts from `del` and appends at
+/// `set [len]` are where coalesced state-based deltas go wrong.
+fn random_array_op(rng: &mut StdRng) -> (Value, Option<(String, i64)>) {
+    let index = rng.gen_range(0..4u64);
+    let value = rng.gen_range(0..100);
+    let op = match rng.gen_range(0..10) {
+        0..=2 => json!(["push", ["l"], {"v": value}]),
+        3 | 4 => json!(["del", ["l", index]]),
+        5 => json!(["set", ["l", index], {"v": value}]),
+        6 => json!(["set", ["l", index, "v"], value]),
+        7 => json!(["push", ["l", index, "tags"], value]),
+        8 => json!(["del", ["l", index, "tags", 0]]),
+        _ => {
+            let by = rng.gen_range(-3..=3i64);
+            return (json!(["inc", ["n", "c0"], by]), Some(("c0".to_owned(), by)));
+        }
+    };
+    (op, None)
 }
 
 const KEYS: [&str; 4] = ["a", "b", "c", "d"];
@@ -154,6 +184,7 @@ impl Runner {
 }
 
 fn run_client(
+    scenario: Scenario,
     addr: SocketAddr,
     index: usize,
     start: Arc<Barrier>,
@@ -165,10 +196,11 @@ fn run_client(
     } else {
         Enc::Msgpack
     };
-    let rooms: Vec<String> = vec![
-        ROOMS[index % ROOMS.len()].to_owned(),
-        ROOMS[(index + 1) % ROOMS.len()].to_owned(),
-    ];
+    let all = scenario.rooms;
+    let mut rooms: Vec<String> = vec![all[index % all.len()].to_owned()];
+    if all.len() > 1 {
+        rooms.push(all[(index + 1) % all.len()].to_owned());
+    }
     let mut runner = Runner {
         client: Client::connect(addr, enc),
         index,
@@ -190,15 +222,15 @@ fn run_client(
 
     let mut rng = StdRng::seed_from_u64(SEED + index as u64);
     let mut sent = 0u64;
-    while sent < MESSAGES_PER_CLIENT || !runner.pending.is_empty() {
-        while runner.pending.len() < WINDOW && sent < MESSAGES_PER_CLIENT {
+    while sent < scenario.messages_per_client || !runner.pending.is_empty() {
+        while runner.pending.len() < scenario.window && sent < scenario.messages_per_client {
             sent += 1;
             let room = rooms[rng.gen_range(0..rooms.len())].clone();
             let count = rng.gen_range(1..=3);
             let mut ops = Vec::new();
             let mut incs = Vec::new();
             for _ in 0..count {
-                let (op, inc) = random_op(&mut rng);
+                let (op, inc) = (scenario.random_op)(&mut rng);
                 ops.push(op);
                 incs.extend(inc);
             }
@@ -249,6 +281,28 @@ fn run_client(
 
 #[test]
 fn many_clients_converge_on_two_shards() {
+    converge(Scenario {
+        clients: 24,
+        rooms: &["conv-a", "conv-b", "conv-c"],
+        messages_per_client: 300,
+        window: 6,
+        random_op,
+    });
+}
+
+#[test]
+fn pipelined_array_ops_converge() {
+    converge(Scenario {
+        clients: 8,
+        rooms: &["arrays"],
+        messages_per_client: 250,
+        window: 16,
+        random_op: random_array_op,
+    });
+}
+
+fn converge(scenario: Scenario) {
+    let clients = scenario.clients;
     let server = Server::start(&[
         "--shards",
         "2",
@@ -258,23 +312,23 @@ fn many_clients_converge_on_two_shards() {
         "100000",
     ]);
     let addr = server.addr();
-    let start = Arc::new(Barrier::new(CLIENTS));
+    let start = Arc::new(Barrier::new(clients));
     let targets: Targets = Arc::new((Mutex::new(None), Condvar::new()));
     let (done_tx, done_rx) = mpsc::channel();
     let began = Instant::now();
-    let handles: Vec<_> = (0..CLIENTS)
+    let handles: Vec<_> = (0..clients)
         .map(|index| {
             let (start, done, targets) = (start.clone(), done_tx.clone(), targets.clone());
             std::thread::Builder::new()
                 .name(format!("client-{index}"))
-                .spawn(move || run_client(addr, index, start, done, targets))
+                .spawn(move || run_client(scenario, addr, index, start, done, targets))
                 .expect("spawn a client thread")
         })
         .collect();
     drop(done_tx);
 
     let deadline = Instant::now() + DEADLINE;
-    for _ in 0..CLIENTS {
+    for _ in 0..clients {
         let left = deadline.saturating_duration_since(Instant::now());
         if done_rx.recv_timeout(left).is_err() {
             // A client thread panicked (its message is in the join below) or is stuck.
@@ -289,7 +343,7 @@ fn many_clients_converge_on_two_shards() {
 
     // Every op is answered, so the room states are final: read them with fresh joins.
     let mut snapshots = BTreeMap::new();
-    for room in ROOMS {
+    for &room in scenario.rooms {
         let json_view = Client::connect(addr, Enc::Json).join(room);
         let msgpack_view = Client::connect(addr, Enc::Msgpack).join(room);
         assert_eq!(
@@ -345,7 +399,7 @@ fn many_clients_converge_on_two_shards() {
             }
         }
     }
-    for room in ROOMS {
+    for &room in scenario.rooms {
         for counter in COUNTERS {
             let expected = sums
                 .get(room)
@@ -358,7 +412,7 @@ fn many_clients_converge_on_two_shards() {
     }
     assert_eq!(
         acked + conflicts,
-        CLIENTS as u64 * MESSAGES_PER_CLIENT,
+        clients as u64 * scenario.messages_per_client,
         "every message answered once"
     );
     assert!(
@@ -367,7 +421,7 @@ fn many_clients_converge_on_two_shards() {
     );
     assert!(conflicts > 0, "the alphabet is small enough to collide");
     eprintln!(
-        "convergence: {CLIENTS} clients, {acked} acked, {conflicts} conflicts, ticks {:?}, {:?}",
+        "convergence: {clients} clients, {acked} acked, {conflicts} conflicts, ticks {:?}, {:?}",
         snapshots
             .iter()
             .map(|(room, j)| (room.clone(), j["tick"].clone()))

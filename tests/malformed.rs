@@ -337,3 +337,67 @@ fn websocket_ping_gets_pong_with_payload() {
     assert_eq!(answer["t"], "pong");
     assert!(before.is_empty(), "{before:?}");
 }
+
+#[test]
+fn handshake_and_frames_arriving_byte_by_byte_are_assembled() {
+    let server = Server::start(&[]);
+    let mut raw = Raw::connect(server.addr());
+    let request = common::UpgradeRequest::default()
+        .set("Sec-WebSocket-Protocol", JSON)
+        .to_bytes();
+    // One write per byte (TCP_NODELAY is on): the server sees many tiny reads.
+    for byte in &request {
+        raw.write_all(std::slice::from_ref(byte));
+    }
+    let response = raw.read_response(false);
+    assert_eq!(response.status, 101, "{response:?}");
+    let mut bytes = masked(OP_TEXT, br#"{"t":"join","room":"slow"}"#);
+    bytes.extend(masked(OP_TEXT, PING));
+    for byte in &bytes {
+        raw.write_all(std::slice::from_ref(byte));
+    }
+    let (joined, _) = next_json(&mut raw);
+    assert_eq!(joined["t"], "joined", "{joined}");
+    let (pong, _) = next_json(&mut raw);
+    assert_eq!(pong["t"], "pong", "{pong}");
+}
+
+#[test]
+fn many_messages_in_one_write_are_all_answered_in_order() {
+    let server = Server::start(&["--rate-limit", "10000", "--rate-burst", "10000"]);
+    let mut raw = Raw::upgrade(server.addr(), Some(JSON));
+    let mut bytes = Vec::new();
+    for id in 0..200 {
+        bytes.extend(masked(
+            OP_TEXT,
+            format!(r#"{{"t":"ping","id":{id}}}"#).as_bytes(),
+        ));
+    }
+    raw.write_all(&bytes);
+    for id in 0..200 {
+        let (pong, _) = next_json(&mut raw);
+        assert_eq!(pong["t"], "pong");
+        assert_eq!(pong["id"], id, "pongs in order");
+    }
+}
+
+#[test]
+fn echo_mode_echoes_text_and_binary_on_any_path() {
+    let server = Server::start_echo();
+    let (mut client, response) =
+        Client::connect_with(server.addr(), "/any/path?x=1", &[], &[]).expect("connect to echo");
+    assert!(response.headers().get("Sec-WebSocket-Protocol").is_none());
+    let big = "é".repeat(300_000);
+    for message in [
+        tungstenite::Message::Text("hello".into()),
+        tungstenite::Message::Binary(vec![0, 1, 2, 255]),
+        tungstenite::Message::Text(big),
+    ] {
+        let sent = message.clone();
+        client.send_message(message);
+        let echoed = client.recv_raw();
+        assert_eq!(echoed, sent);
+    }
+    client.close(1000);
+    assert_eq!(client.expect_close_raw(), Some(1000));
+}

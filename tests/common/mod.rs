@@ -604,6 +604,27 @@ impl Client {
         }
     }
 
+    /// The next data message as tungstenite gives it, whatever its type (echo mode).
+    pub fn recv_raw(&mut self) -> Message {
+        loop {
+            match self.ws.read() {
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
+                Ok(message) => return message,
+                Err(err) => panic!("reading from the server: {err}"),
+            }
+        }
+    }
+
+    /// Reads raw messages until the close frame; returns its code (echo mode).
+    pub fn expect_close_raw(&mut self) -> Option<u16> {
+        loop {
+            match self.recv_raw() {
+                Message::Close(frame) => return frame.map(|f| u16::from(f.code)),
+                _ => continue,
+            }
+        }
+    }
+
     /// The next message; fails the test on close or after [`RECV_TIMEOUT`].
     pub fn recv(&mut self) -> Value {
         match self.read_event(RECV_TIMEOUT) {
