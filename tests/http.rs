@@ -47,6 +47,39 @@ fn metrics_lists_every_metric_per_shard() {
     }
 }
 
+/// The sum over shards of the samples of `name`.
+fn metric_sum(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|line| {
+            line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn metrics_count_connections_rooms_and_messages() {
+    let server = Server::start(&["--shards", "2"]);
+    let mut clients: Vec<Client> = (0..3).map(|_| server.client(Enc::Msgpack)).collect();
+    for (i, client) in clients.iter_mut().enumerate() {
+        client.join(&format!("counted-{i}"));
+        client.sync();
+    }
+    let (_, _, body) = http_get(server.addr(), "/metrics");
+    assert!(metric_sum(&body, "kasagi_connections") >= 3.0, "{body}");
+    assert!(metric_sum(&body, "kasagi_rooms") >= 3.0, "{body}");
+    assert!(
+        metric_sum(&body, "kasagi_messages_in_total") >= 6.0,
+        "{body}"
+    );
+    assert!(
+        metric_sum(&body, "kasagi_messages_out_total") >= 6.0,
+        "{body}"
+    );
+    assert!(metric_sum(&body, "kasagi_bytes_in_total") > 0.0, "{body}");
+    assert!(metric_sum(&body, "kasagi_bytes_out_total") > 0.0, "{body}");
+}
+
 #[test]
 fn other_paths_are_404() {
     let server = Server::start(&[]);
@@ -288,6 +321,12 @@ fn auth_refuses_missing_and_bad_tokens_with_401() {
 
     let by_query = UpgradeRequest::default().target(&format!("/ws?token={good}"));
     assert_eq!(by_query.status(addr), 101, "valid token via query");
+    let among_others = UpgradeRequest::default().target(&format!("/ws?v=2&token={good}&x=y"));
+    assert_eq!(
+        among_others.status(addr),
+        101,
+        "token among other query parameters"
+    );
     let by_header = UpgradeRequest::default().set("Authorization", &format!("Bearer {good}"));
     assert_eq!(by_header.status(addr), 101, "valid token via header");
 

@@ -401,3 +401,58 @@ fn echo_mode_echoes_text_and_binary_on_any_path() {
     client.close(1000);
     assert_eq!(client.expect_close_raw(), Some(1000));
 }
+
+#[test]
+fn frame_in_the_same_write_as_the_handshake_is_kept() {
+    let server = Server::start(&[]);
+    let mut raw = Raw::connect(server.addr());
+    let mut bytes = common::UpgradeRequest::default()
+        .set("Sec-WebSocket-Protocol", JSON)
+        .to_bytes();
+    bytes.extend(masked(OP_TEXT, PING));
+    raw.write_all(&bytes);
+    let response = raw.read_response(false);
+    assert_eq!(response.status, 101, "{response:?}");
+    let (pong, _) = next_json(&mut raw);
+    assert_eq!(
+        pong["t"], "pong",
+        "the frame right behind the request is read: {pong}"
+    );
+}
+
+#[test]
+fn deeply_nested_values_do_not_crash_the_server() {
+    let server = Server::start(&[]);
+    let mut healthy = bystander(&server);
+    // MessagePack: a `msg` whose data is ~60000 nested one-item arrays (0x91 each), within
+    // the 64 KiB message limit: a recursive decoder without a bound would overflow its stack.
+    let mut payload = vec![0x83];
+    for (key, value) in [("t", "msg"), ("room", "bystanders")] {
+        payload.extend(to_msgpack(&json!(key)));
+        payload.extend(to_msgpack(&json!(value)));
+    }
+    payload.extend(to_msgpack(&json!("data")));
+    payload.extend(std::iter::repeat_n(0x91u8, 60_000));
+    payload.push(0x01);
+    let mut raw = Raw::upgrade(server.addr(), Some(MSGPACK));
+    raw.write_all(&masked(
+        OP_BINARY,
+        &to_msgpack(&json!({"t": "join", "room": "bystanders"})),
+    ));
+    raw.write_lossy(&masked(OP_BINARY, &payload));
+    raw.expect_close();
+    // JSON: 30000 nested arrays.
+    let deep = format!(
+        r#"{{"t":"msg","room":"bystanders","data":{}1{}}}"#,
+        "[".repeat(30_000),
+        "]".repeat(30_000)
+    );
+    let mut raw = Raw::upgrade(server.addr(), Some(JSON));
+    raw.write_lossy(&masked(OP_TEXT, deep.as_bytes()));
+    raw.expect_close();
+    let seen = healthy.sync();
+    assert!(
+        seen.iter().all(|m| m["t"] == "presence"),
+        "nothing of the deep messages reached others: {seen:?}"
+    );
+}

@@ -194,6 +194,20 @@ fn resume_falls_back_to_full_state() {
 }
 
 #[test]
+fn resume_of_a_new_room() {
+    let server = Server::start(&[]);
+    let mut a = server.client(Enc::Json);
+    // Tick 0 of epoch 0 is where every new room starts: nothing missed.
+    let joined = a.join_since("brand-new", 0, Some(0));
+    assert_eq!(joined["resumed"], true, "{joined}");
+    a.assert_quiet("nothing to resend");
+    let mut b = server.client(Enc::Msgpack);
+    let joined = b.join_since("another-new", 5, Some(0));
+    assert_eq!(joined["state"], json!({}), "since above tick 0: {joined}");
+    assert_eq!(joined["tick"], 0, "{joined}");
+}
+
+#[test]
 fn rejoining_a_joined_room_is_answered_like_a_first_join() {
     let server = Server::start(&[]);
     let mut a = server.client(Enc::Json);
