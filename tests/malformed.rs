@@ -27,6 +27,9 @@ fn expect_close_code(server: &Server, protocol: &str, bytes: &[u8], code: u16, w
     raw.write_lossy(bytes);
     let got = raw.expect_close();
     assert_eq!(got, Some(code), "{what}");
+    // Complete the close handshake: the server must then close the TCP connection.
+    raw.write_lossy(&masked(OP_CLOSE, &close_payload(code, "")));
+    assert!(raw.reaches_eof(), "{what}: TCP still open after the close handshake");
     healthy.assert_quiet(&format!("bystander after {what}"));
 }
 
@@ -454,5 +457,35 @@ fn deeply_nested_values_do_not_crash_the_server() {
     assert!(
         seen.iter().all(|m| m["t"] == "presence"),
         "nothing of the deep messages reached others: {seen:?}"
+    );
+}
+
+/// `PING` cut into exactly `count` fragments (the last ones may be empty).
+fn fragmented_ping(count: usize) -> Vec<u8> {
+    let chunk = PING.len().div_ceil(count);
+    let mut parts: Vec<&[u8]> = PING.chunks(chunk).collect();
+    parts.resize(count, &[]);
+    let mut bytes = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let opcode = if i == 0 { OP_TEXT } else { OP_CONT };
+        bytes.extend(frame(i + 1 == count, 0, opcode, part, Some(MASK)));
+    }
+    bytes
+}
+
+#[test]
+fn fragment_count_limit() {
+    let server = Server::start(&["--max-fragments", "4"]);
+    let mut raw = Raw::upgrade(server.addr(), Some(JSON));
+    raw.write_all(&fragmented_ping(4));
+    let (pong, _) = next_json(&mut raw);
+    assert_eq!(pong["t"], "pong", "4 fragments are within a limit of 4");
+    // Past the limit the message is too big to assemble: 1009, like a size limit.
+    expect_close_code(
+        &server,
+        JSON,
+        &fragmented_ping(5),
+        1009,
+        "5 fragments over 4",
     );
 }
