@@ -29,7 +29,10 @@ fn expect_close_code(server: &Server, protocol: &str, bytes: &[u8], code: u16, w
     assert_eq!(got, Some(code), "{what}");
     // Complete the close handshake: the server must then close the TCP connection.
     raw.write_lossy(&masked(OP_CLOSE, &close_payload(code, "")));
-    assert!(raw.reaches_eof(), "{what}: TCP still open after the close handshake");
+    assert!(
+        raw.reaches_eof(),
+        "{what}: TCP still open after the close handshake"
+    );
     healthy.assert_quiet(&format!("bystander after {what}"));
 }
 
