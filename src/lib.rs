@@ -18,6 +18,7 @@
 
 pub mod config;
 pub mod protocol;
+pub mod redis;
 pub mod room;
 pub mod server;
 pub mod value;

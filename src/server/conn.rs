@@ -187,8 +187,8 @@ async fn read_request(shard: &Shard, stream: &mut TcpStream, mode: Mode) -> io::
         max_header_bytes: limits.max_header_bytes,
         max_headers: limits.max_headers,
     };
+    // Heap, not the task's stack frame: a future keeps its locals for its whole life.
     let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 2048];
     loop {
         let mut response = Vec::new();
         let outcome = match parse_request(&buf, &head_limits) {
@@ -218,8 +218,10 @@ async fn read_request(shard: &Shard, stream: &mut TcpStream, mode: Mode) -> io::
             });
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        let n = stream
-            .read(&mut chunk)
+        let filled = buf.len();
+        buf.resize(filled + 1024, 0);
+        let read = stream
+            .read(&mut buf[filled..])
             .or(async {
                 Timer::new(left).await;
                 Err(io::Error::new(
@@ -227,14 +229,15 @@ async fn read_request(shard: &Shard, stream: &mut TcpStream, mode: Mode) -> io::
                     "handshake deadline passed",
                 ))
             })
-            .await?;
+            .await;
+        let n = read?;
+        buf.truncate(filled + n);
         if n == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "closed during the handshake",
             ));
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -272,8 +275,13 @@ fn route(
             "/healthz" if !shard.stopping.get() => write_response(out, 200, "text/plain", b"ok\n"),
             "/healthz" => write_response(out, 503, "text/plain", b"draining\n"),
             "/metrics" => {
-                let body = metrics::render(&shard.metrics);
+                let mut body = metrics::render(&shard.metrics);
+                shard.published.render_prometheus(&mut body);
                 write_response(out, 200, "text/plain; version=0.0.4", body.as_bytes());
+            }
+            "/debug/latency" => {
+                let body = shard.published.render_hgrm();
+                write_response(out, 200, "text/plain", body.as_bytes());
             }
             _ => write_response(out, 404, "text/plain", b"not found\n"),
         }
@@ -358,7 +366,7 @@ impl WsIo {
             // Write whatever is queued.
             loop {
                 let mut out = conn.out.borrow_mut();
-                let chunk = out.next_chunk();
+                let chunk = out.next_chunk(Some(&shard.telemetry));
                 if chunk.is_empty() {
                     out.set_waker(cx.waker());
                     break;
@@ -531,7 +539,8 @@ impl Session for RoomSession {
                 "wrong frame type for the subprotocol",
             );
         }
-        match self.bucket.take(Instant::now()) {
+        let now = Instant::now();
+        match self.bucket.take(now) {
             Verdict::Allow => {}
             Verdict::Refuse => {
                 self.shard.on_rate_limited(conn);
@@ -543,7 +552,7 @@ impl Session for RoomSession {
             }
         }
         match decode_client(payload, conn.proto) {
-            Ok(msg) => self.shard.on_request(conn, msg),
+            Ok(msg) => self.shard.on_request(conn, msg, now),
             Err(DecodeError::Malformed(_)) => {
                 return Flow::Close(close_code::INVALID_PAYLOAD, "message does not decode");
             }

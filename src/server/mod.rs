@@ -15,6 +15,7 @@ mod outbound;
 mod owner;
 mod ratelimit;
 mod shard;
+pub mod telemetry;
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,6 +67,7 @@ pub fn run(
     let sockets: Arc<Mutex<Vec<Option<socket2::Socket>>>> =
         Arc::new(Mutex::new(sockets.into_iter().map(Some).collect()));
     let all_metrics = metrics::new_all(shards);
+    let published = telemetry::Published::new(shards);
     let runtime = RuntimeConfig {
         shards,
         cpus: config.cpus.clone(),
@@ -77,6 +79,7 @@ pub fn run(
         let config = Config::clone(&config);
         let socket = sockets.lock().expect("socket list lock")[ctx.id].take();
         let metrics = all_metrics.clone();
+        let published = published.clone();
         let stop = stop.clone();
         let id = ctx.id;
         async move {
@@ -85,7 +88,13 @@ pub fn run(
             };
             let (mesh, inbox) = ctx.split();
             let verifier = config.auth_secret.as_deref().map(auth::Verifier::new);
-            let shard = Rc::new(Shard::new(Rc::new(config), metrics, mesh, verifier));
+            let shard = Rc::new(Shard::new(
+                Rc::new(config),
+                metrics,
+                mesh,
+                verifier,
+                published,
+            ));
             let handler = shard.clone();
             inbox.spawn(move |from, msg: MeshMsg| handler.handle(from, msg));
             shard_main(shard, into_listener(socket), mode, stop).await;
@@ -123,6 +132,7 @@ async fn shard_main(
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             shard.expire_grants(now);
+            shard.telemetry.publish(&shard.published, shard.id);
         }
     }
     info!(connections = shard.conn_count(), "draining");

@@ -14,8 +14,11 @@
 
 use std::collections::VecDeque;
 use std::task::Waker;
+use std::time::Instant;
 
 use bytes::Bytes;
+
+use super::telemetry::{Recorder, Stage};
 
 /// Largest gathered write; a frame at least this big is written straight from its `Bytes`.
 pub const GATHER_BYTES: usize = 16 * 1024;
@@ -24,6 +27,8 @@ pub const GATHER_BYTES: usize = 16 * 1024;
 struct Queued {
     frame: Bytes,
     is_delta: bool,
+    /// When the delta was flushed, for the flush -> write latency.
+    flushed_at: Option<Instant>,
 }
 
 /// What a push did.
@@ -67,12 +72,14 @@ impl Outbound {
         self.queue.push_back(Queued {
             frame,
             is_delta: false,
+            flushed_at: None,
         });
         self.wake();
     }
 
-    /// Queues a delta; past the limit every queued delta is dropped instead.
-    pub fn push_delta(&mut self, frame: Bytes) -> Pushed {
+    /// Queues a fan-out frame (a delta when `flushed_at` is set, else presence or `msg`);
+    /// past the limit every queued fan-out frame is dropped instead.
+    pub fn push_delta(&mut self, frame: Bytes, flushed_at: Option<Instant>) -> Pushed {
         if self.closed {
             return Pushed::Queued;
         }
@@ -85,6 +92,7 @@ impl Outbound {
         self.queue.push_back(Queued {
             frame,
             is_delta: true,
+            flushed_at,
         });
         self.wake();
         Pushed::Queued
@@ -119,9 +127,10 @@ impl Outbound {
     }
 
     /// The bytes to write next, gathering small frames into one buffer. Empty when idle.
-    pub fn next_chunk(&mut self) -> &[u8] {
+    /// Deltas taken for writing are recorded in `telemetry` (flush -> write).
+    pub fn next_chunk(&mut self, telemetry: Option<&Recorder>) -> &[u8] {
         if self.direct.is_none() && self.committed_at >= self.committed.len() {
-            self.refill();
+            self.refill(telemetry);
         }
         match &self.direct {
             Some((frame, at)) => &frame[*at..],
@@ -131,7 +140,13 @@ impl Outbound {
 
     /// Takes queued frames for the next write: small ones copied into one buffer (one
     /// syscall for many frames), a large one on its own without a copy.
-    fn refill(&mut self) {
+    fn refill(&mut self, telemetry: Option<&Recorder>) {
+        let now = telemetry.and(self.queue.front()).map(|_| Instant::now());
+        let record = |q: &Queued| {
+            if let (Some(t), Some(now), Some(at)) = (telemetry, now, q.flushed_at) {
+                t.record(Stage::FlushToWrite, now.saturating_duration_since(at));
+            }
+        };
         self.committed.clear();
         self.committed_at = 0;
         if self.committed.capacity() > 4 * GATHER_BYTES {
@@ -141,6 +156,7 @@ impl Outbound {
             let len = front.frame.len();
             if self.committed.is_empty() && len >= GATHER_BYTES {
                 let q = self.take_front();
+                record(&q);
                 self.direct = Some((q.frame, 0));
                 return;
             }
@@ -148,6 +164,7 @@ impl Outbound {
                 return;
             }
             let q = self.take_front();
+            record(&q);
             self.committed.extend_from_slice(&q.frame);
         }
     }
@@ -188,7 +205,7 @@ mod tests {
     fn drain(out: &mut Outbound) -> Vec<u8> {
         let mut all = Vec::new();
         loop {
-            let chunk = out.next_chunk().to_vec();
+            let chunk = out.next_chunk(None).to_vec();
             if chunk.is_empty() {
                 return all;
             }
@@ -196,7 +213,7 @@ mod tests {
             let half = chunk.len().div_ceil(2);
             all.extend_from_slice(&chunk[..half]);
             out.advance(half);
-            let rest = out.next_chunk().to_vec();
+            let rest = out.next_chunk(None).to_vec();
             assert_eq!(rest, chunk[half..]);
             all.extend_from_slice(&rest);
             out.advance(rest.len());
@@ -207,8 +224,8 @@ mod tests {
     fn writes_frames_in_order_gathering_small_ones() {
         let mut out = Outbound::new(1 << 20);
         out.push_control(Bytes::from_static(b"ab"));
-        out.push_delta(Bytes::from_static(b"cd"));
-        out.push_delta(Bytes::from(vec![b'x'; GATHER_BYTES + 1]));
+        out.push_delta(Bytes::from_static(b"cd"), None);
+        out.push_delta(Bytes::from(vec![b'x'; GATHER_BYTES + 1]), None);
         out.push_control(Bytes::from_static(b"ef"));
         let mut want = b"abcd".to_vec();
         want.extend(vec![b'x'; GATHER_BYTES + 1]);
@@ -221,11 +238,11 @@ mod tests {
     #[test]
     fn overflow_drops_queued_deltas_but_keeps_control_frames() {
         let mut out = Outbound::new(10);
-        out.push_delta(Bytes::from_static(b"d1d1"));
+        out.push_delta(Bytes::from_static(b"d1d1"), None);
         out.push_control(Bytes::from_static(b"ack"));
-        out.push_delta(Bytes::from_static(b"d2"));
+        out.push_delta(Bytes::from_static(b"d2"), None);
         assert_eq!(
-            out.push_delta(Bytes::from_static(b"d3d3")),
+            out.push_delta(Bytes::from_static(b"d3d3"), None),
             Pushed::DroppedDeltas
         );
         assert_eq!(drain(&mut out), b"ack");
@@ -234,15 +251,15 @@ mod tests {
     #[test]
     fn committed_bytes_survive_an_overflow() {
         let mut out = Outbound::new(8);
-        out.push_delta(Bytes::from_static(b"12345678"));
-        assert_eq!(out.next_chunk(), b"12345678");
+        out.push_delta(Bytes::from_static(b"12345678"), None);
+        assert_eq!(out.next_chunk(None), b"12345678");
         out.advance(3);
         assert_eq!(
-            out.push_delta(Bytes::from_static(b"abcdefgh")),
+            out.push_delta(Bytes::from_static(b"abcdefgh"), None),
             Pushed::Queued
         );
         assert_eq!(
-            out.push_delta(Bytes::from_static(b"z")),
+            out.push_delta(Bytes::from_static(b"z"), None),
             Pushed::DroppedDeltas
         );
         assert_eq!(drain(&mut out), b"45678");

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use super::encode;
 use super::metrics::ShardMetrics;
 use super::shard::{ConnRef, Frames, MeshMsg, Origin, Shard};
+use super::telemetry::Stage;
 use crate::protocol::{ErrorCode, Op, RoomId, ServerMessage, Subprotocol};
 use crate::room::{self, Applied, DeltaRecord, Room};
 use crate::value::Value;
@@ -39,8 +40,8 @@ pub struct RoomHost {
     members: Vec<(ConnRef, Member)>,
     per_shard: Vec<u32>,
     per_proto: [u32; 2],
-    /// Acks due with the next delta: (who, seq).
-    acks: Vec<(Origin, u64)>,
+    /// Acks due with the next delta: who, seq, and when the op was read.
+    acks: Vec<(Origin, u64, Instant)>,
     dirty: bool,
     empty_since: Option<Instant>,
 }
@@ -99,7 +100,14 @@ impl Shard {
     }
 
     /// Sends a frame set to every shard with members of `host`'s room.
-    fn fan_out(&self, host: &RoomHost, frames: Frames, exclude: Option<ConnRef>) {
+    fn fan_out(
+        &self,
+        host: &RoomHost,
+        frames: Frames,
+        exclude: Option<ConnRef>,
+        flushed_at: Option<Instant>,
+    ) {
+        let sent = flushed_at.unwrap_or_else(Instant::now);
         for (shard, &count) in host.per_shard.iter().enumerate() {
             if count == 0 {
                 continue;
@@ -111,6 +119,8 @@ impl Shard {
                     room,
                     frames: frames.clone(),
                     exclude,
+                    sent,
+                    flushed_at,
                 },
             );
         }
@@ -228,7 +238,7 @@ impl Shard {
                     frames,
                 },
             );
-            self.fan_out(host, presence, Some(origin.conn));
+            self.fan_out(host, presence, Some(origin.conn), None);
         } else {
             self.send(
                 origin.conn.shard,
@@ -261,7 +271,7 @@ impl Shard {
                             },
                             host.wanted(),
                         );
-                        self.fan_out(host, presence, None);
+                        self.fan_out(host, presence, None, None);
                     }
                     true
                 }
@@ -302,7 +312,14 @@ impl Shard {
         );
     }
 
-    pub(super) fn owner_op(&self, room_id: RoomId, origin: Origin, seq: u64, ops: Vec<Op>) {
+    pub(super) fn owner_op(
+        &self,
+        room_id: RoomId,
+        origin: Origin,
+        seq: u64,
+        ops: Vec<Op>,
+        received: Instant,
+    ) {
         let mut rooms = self.rooms.borrow_mut();
         let Some(host) = rooms
             .get_mut(&room_id)
@@ -319,7 +336,7 @@ impl Shard {
         };
         match host.room.apply(ops) {
             Ok(Applied::Changed) => {
-                host.acks.push((origin, seq));
+                host.acks.push((origin, seq, received));
                 if !host.dirty {
                     host.dirty = true;
                     drop(rooms);
@@ -329,7 +346,7 @@ impl Shard {
             Ok(Applied::Unchanged) => {
                 if host.dirty {
                     // Its effect is already in the pending delta: ack with that tick.
-                    host.acks.push((origin, seq));
+                    host.acks.push((origin, seq, received));
                 } else {
                     let tick = host.room.tick();
                     drop(rooms);
@@ -374,7 +391,7 @@ impl Shard {
             },
             host.wanted(),
         );
-        self.fan_out(host, frames, Some(origin.conn));
+        self.fan_out(host, frames, Some(origin.conn), None);
     }
 
     pub(super) fn owner_resync(&self, room_id: RoomId, origin: Origin) {
@@ -422,6 +439,7 @@ impl Shard {
     /// Turns a room's applied ops into one delta, fans it out, then sends the acks.
     fn flush_host(&self, host: &mut RoomHost) {
         host.dirty = false;
+        let now = Instant::now();
         let tick = match host.room.flush() {
             Some(delta) => {
                 let mut frames: Frames = [None, None];
@@ -431,12 +449,14 @@ impl Shard {
                     }
                 }
                 ShardMetrics::add(&self.metrics().deltas, 1);
-                self.fan_out(host, frames, None);
+                self.fan_out(host, frames, None, Some(now));
                 delta.tick
             }
             None => host.room.tick(),
         };
-        for (origin, seq) in host.acks.drain(..) {
+        for (origin, seq, received) in host.acks.drain(..) {
+            self.telemetry
+                .record(Stage::OpToFlush, now.saturating_duration_since(received));
             let frame = encode::frame(
                 &ServerMessage::Ack {
                     room: host.room.id().as_str(),

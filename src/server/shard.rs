@@ -17,6 +17,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -27,6 +28,7 @@ use super::encode;
 use super::metrics::{AllMetrics, ShardMetrics};
 use super::outbound::{Outbound, Pushed};
 use super::owner::RoomHost;
+use super::telemetry::{Published, Recorder, Stage};
 use crate::config::Config;
 use crate::protocol::{ClientMessage, ErrorCode, Op, RoomId, ServerMessage, Subprotocol};
 use crate::value::Value;
@@ -74,6 +76,8 @@ pub enum MeshMsg {
         origin: Origin,
         seq: u64,
         ops: Vec<Op>,
+        /// When the message was read from its socket.
+        received: Instant,
     },
     Msg {
         room: RoomId,
@@ -87,6 +91,10 @@ pub enum MeshMsg {
         room: RoomId,
         frames: Frames,
         exclude: Option<ConnRef>,
+        /// When the owner sent it.
+        sent: Instant,
+        /// Set for deltas: when the delta was flushed.
+        flushed_at: Option<Instant>,
     },
     /// A `joined` (and the deltas of a resume) for one member.
     Joined {
@@ -175,7 +183,7 @@ impl Conn {
     }
 
     /// Delivers a fan-out frame of `room`, dropping it while the member awaits a snapshot.
-    fn deliver(&self, room: &RoomId, frame: &Bytes) -> bool {
+    fn deliver(&self, room: &RoomId, frame: &Bytes, flushed_at: Option<Instant>) -> bool {
         if self.unsynced.get() {
             if let Some(m) = self.rooms.borrow().get(room) {
                 if matches!(m, Membership::Stale | Membership::Resyncing) {
@@ -183,7 +191,7 @@ impl Conn {
                 }
             }
         }
-        let pushed = self.out.borrow_mut().push_delta(frame.clone());
+        let pushed = self.out.borrow_mut().push_delta(frame.clone(), flushed_at);
         if pushed == Pushed::DroppedDeltas {
             let mut rooms = self.rooms.borrow_mut();
             for m in rooms.values_mut() {
@@ -207,6 +215,8 @@ pub struct Shard {
     pub config: Rc<Config>,
     pub metrics: AllMetrics,
     pub verifier: Option<Verifier>,
+    pub telemetry: Recorder,
+    pub published: Arc<Published>,
     mesh: Mesh<MeshMsg>,
     next_conn: Cell<ConnId>,
     pub(super) conns: RefCell<HashMap<ConnId, Rc<Conn>>>,
@@ -226,6 +236,7 @@ impl Shard {
         metrics: AllMetrics,
         mesh: Mesh<MeshMsg>,
         verifier: Option<Verifier>,
+        published: Arc<Published>,
     ) -> Shard {
         Shard {
             id: mesh.id(),
@@ -233,6 +244,8 @@ impl Shard {
             config,
             metrics,
             verifier,
+            telemetry: Recorder::default(),
+            published,
             mesh,
             next_conn: Cell::new(1),
             conns: RefCell::new(HashMap::new()),
@@ -325,7 +338,7 @@ impl Shard {
     }
 
     /// Handles a message from a shard (this one included).
-    pub fn handle(&self, _from: ShardId, msg: MeshMsg) {
+    pub fn handle(&self, from: ShardId, msg: MeshMsg) {
         match msg {
             MeshMsg::Join {
                 room,
@@ -344,14 +357,27 @@ impl Shard {
                 origin,
                 seq,
                 ops,
-            } => self.owner_op(room, origin, seq, ops),
+                received,
+            } => {
+                if from != self.id {
+                    self.telemetry.record(Stage::ShardHop, received.elapsed());
+                }
+                self.owner_op(room, origin, seq, ops, received)
+            }
             MeshMsg::Msg { room, origin, data } => self.owner_msg(room, origin, data),
             MeshMsg::Resync { room, origin } => self.owner_resync(room, origin),
             MeshMsg::Deliver {
                 room,
                 frames,
                 exclude,
-            } => self.deliver_local(&room, &frames, exclude),
+                sent,
+                flushed_at,
+            } => {
+                if from != self.id {
+                    self.telemetry.record(Stage::ShardHop, sent.elapsed());
+                }
+                self.deliver_local(&room, &frames, exclude, flushed_at)
+            }
             MeshMsg::Joined { room, conn, frames } => self.member_joined(room, conn, frames),
             MeshMsg::Left { room, conn, frame } => self.member_left(room, conn, frame),
             MeshMsg::ToConn { conn, frame } => {
@@ -395,8 +421,8 @@ impl Shard {
         );
     }
 
-    /// A decoded request from a local connection.
-    pub fn on_request(&self, conn: &Rc<Conn>, msg: ClientMessage) {
+    /// A decoded request from a local connection, read from its socket at `received`.
+    pub fn on_request(&self, conn: &Rc<Conn>, msg: ClientMessage, received: Instant) {
         match msg {
             ClientMessage::Ping { id } => {
                 let time = SystemTime::now()
@@ -481,6 +507,7 @@ impl Shard {
                         origin,
                         seq,
                         ops,
+                        received,
                     },
                 );
             }
@@ -550,7 +577,13 @@ impl Shard {
         }
     }
 
-    fn deliver_local(&self, room: &RoomId, frames: &Frames, exclude: Option<ConnRef>) {
+    fn deliver_local(
+        &self,
+        room: &RoomId,
+        frames: &Frames,
+        exclude: Option<ConnRef>,
+        flushed_at: Option<Instant>,
+    ) {
         let members = self.members.borrow();
         let Some(list) = members.get(room) else {
             return;
@@ -561,7 +594,7 @@ impl Shard {
                 continue;
             }
             if let Some(frame) = &frames[conn.proto.index()] {
-                sent += u64::from(conn.deliver(room, frame));
+                sent += u64::from(conn.deliver(room, frame, flushed_at));
             }
         }
         ShardMetrics::add(&self.metrics().messages_out, sent);
