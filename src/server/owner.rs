@@ -28,6 +28,14 @@ use crate::protocol::{ErrorCode, Op, RoomId, ServerMessage, Subprotocol};
 use crate::room::{self, Applied, DeltaRecord, Room};
 use crate::value::Value;
 
+/// An answer held back until the room's pending delta is out.
+enum Reply {
+    /// An `ack` with the delta's tick; `received` is when the op was read.
+    Ack { seq: u64, received: Instant },
+    /// An answer already encoded (an error).
+    Frame(Bytes),
+}
+
 struct Member {
     id: String,
     proto: Subprotocol,
@@ -40,8 +48,8 @@ pub struct RoomHost {
     members: Vec<(ConnRef, Member)>,
     per_shard: Vec<u32>,
     per_proto: [u32; 2],
-    /// Acks due with the next delta: who, seq, and when the op was read.
-    acks: Vec<(Origin, u64, Instant)>,
+    /// Answers due right after the next delta, in request order.
+    replies: Vec<(Origin, Reply)>,
     dirty: bool,
     empty_since: Option<Instant>,
 }
@@ -53,7 +61,7 @@ impl RoomHost {
             members: Vec::new(),
             per_shard: vec![0; shards],
             per_proto: [0; 2],
-            acks: Vec::new(),
+            replies: Vec::new(),
             dirty: false,
             empty_since: Some(now),
         }
@@ -126,26 +134,6 @@ impl Shard {
         }
     }
 
-    fn reply_error(
-        &self,
-        to: Origin,
-        code: ErrorCode,
-        message: &str,
-        room: &RoomId,
-        seq: Option<u64>,
-    ) {
-        let frame = encode::frame(
-            &ServerMessage::Error {
-                code,
-                message,
-                room: Some(room.as_str()),
-                seq,
-            },
-            to.proto,
-        );
-        self.reply(to.conn, frame);
-    }
-
     pub(super) fn owner_join(
         &self,
         room_id: RoomId,
@@ -176,13 +164,14 @@ impl Shard {
             );
             return self.send(
                 origin.conn.shard,
-                MeshMsg::Left {
+                MeshMsg::JoinRefused {
                     room: room_id,
                     conn: origin.conn.id,
-                    frame: Some(frame),
+                    frame,
                 },
             );
         }
+        // The snapshot must sit on a tick boundary, after every answer owed before it.
         if host.dirty {
             self.flush_host(host);
         }
@@ -220,6 +209,15 @@ impl Shard {
         for delta in resumed.iter().flatten() {
             frames.push(host.delta_frame(delta, origin.proto));
         }
+        self.send(
+            origin.conn.shard,
+            MeshMsg::Joined {
+                room: room_id.clone(),
+                conn: origin.conn.id,
+                frames,
+                answers_join: true,
+            },
+        );
         if existing.is_none() {
             let joined = [member];
             let presence = encode::frames(
@@ -230,55 +228,40 @@ impl Shard {
                 },
                 host.wanted(),
             );
-            self.send(
-                origin.conn.shard,
-                MeshMsg::Joined {
-                    room: room_id.clone(),
-                    conn: origin.conn.id,
-                    frames,
-                },
-            );
             self.fan_out(host, presence, Some(origin.conn), None);
-        } else {
-            self.send(
-                origin.conn.shard,
-                MeshMsg::Joined {
-                    room: room_id,
-                    conn: origin.conn.id,
-                    frames,
-                },
-            );
         }
     }
 
     pub(super) fn owner_leave(&self, room_id: RoomId, origin: Origin, reply: bool) {
         let mut rooms = self.rooms.borrow_mut();
-        let removed = match rooms.get_mut(&room_id) {
-            Some(host) => match host.member_index(origin.conn) {
-                Some(i) => {
-                    let (conn, member) = host.members.remove(i);
-                    host.per_shard[conn.shard] -= 1;
-                    host.per_proto[member.proto.index()] -= 1;
-                    if host.members.is_empty() {
-                        host.empty_since = Some(self.now());
-                    } else {
-                        let left = [member.id];
-                        let presence = encode::frames(
-                            &ServerMessage::Presence {
-                                room: room_id.as_str(),
-                                joined: &[],
-                                left: &left,
-                            },
-                            host.wanted(),
-                        );
-                        self.fan_out(host, presence, None, None);
-                    }
-                    true
+        let mut removed = false;
+        if let Some(host) = rooms.get_mut(&room_id) {
+            if let Some(i) = host.member_index(origin.conn) {
+                // The leaver gets the delta of its own last ops, and their acks, first.
+                if host.dirty {
+                    self.flush_host(host);
                 }
-                None => false,
-            },
-            None => false,
-        };
+                let (conn, member) = host.members.remove(i);
+                host.per_shard[conn.shard] -= 1;
+                host.per_proto[member.proto.index()] -= 1;
+                if host.members.is_empty() {
+                    host.empty_since = Some(self.now());
+                } else {
+                    let left = [member.id];
+                    let presence = encode::frames(
+                        &ServerMessage::Presence {
+                            room: room_id.as_str(),
+                            joined: &[],
+                            left: &left,
+                        },
+                        host.wanted(),
+                    );
+                    // Still listed on its shard until `Left` arrives: exclude it.
+                    self.fan_out(host, presence, Some(origin.conn), None);
+                }
+                removed = true;
+            }
+        }
         drop(rooms);
         if !reply {
             return;
@@ -292,22 +275,14 @@ impl Shard {
                 origin.proto,
             )
         } else {
-            encode::frame(
-                &ServerMessage::Error {
-                    code: ErrorCode::NotJoined,
-                    message: "join the room first",
-                    room: Some(room_id.as_str()),
-                    seq: None,
-                },
-                origin.proto,
-            )
+            not_joined(&room_id, None, origin.proto)
         };
         self.send(
             origin.conn.shard,
             MeshMsg::Left {
                 room: room_id,
                 conn: origin.conn.id,
-                frame: Some(frame),
+                frame,
             },
         );
     }
@@ -326,63 +301,83 @@ impl Shard {
             .filter(|h| h.member_index(origin.conn).is_some())
         else {
             drop(rooms);
-            return self.reply_error(
-                origin,
-                ErrorCode::NotJoined,
-                "join the room first",
+            return self.reply(origin.conn, not_joined(&room_id, Some(seq), origin.proto));
+        };
+        let max = self.config.limits.max_ops_per_message;
+        if ops.len() > max {
+            let message = format!("at most {max} ops per message");
+            let frame = error_frame(
+                ErrorCode::TooLarge,
+                &message,
                 &room_id,
                 Some(seq),
+                origin.proto,
             );
-        };
+            return self.reply_in_order(host, origin, frame);
+        }
         match host.room.apply(ops) {
             Ok(Applied::Changed) => {
-                host.acks.push((origin, seq, received));
+                host.replies.push((origin, Reply::Ack { seq, received }));
                 if !host.dirty {
                     host.dirty = true;
                     drop(rooms);
                     self.mark_dirty(room_id);
                 }
             }
+            Ok(Applied::Unchanged) if host.dirty => {
+                // Its effect is already in the pending delta: ack with that tick.
+                host.replies.push((origin, Reply::Ack { seq, received }));
+            }
             Ok(Applied::Unchanged) => {
-                if host.dirty {
-                    // Its effect is already in the pending delta: ack with that tick.
-                    host.acks.push((origin, seq, received));
-                } else {
-                    let tick = host.room.tick();
-                    drop(rooms);
-                    let frame = encode::frame(
-                        &ServerMessage::Ack {
-                            room: room_id.as_str(),
-                            seq,
-                            tick,
-                        },
-                        origin.proto,
-                    );
-                    self.reply(origin.conn, frame);
-                }
+                let tick = host.room.tick();
+                drop(rooms);
+                let frame = encode::frame(
+                    &ServerMessage::Ack {
+                        room: room_id.as_str(),
+                        seq,
+                        tick,
+                    },
+                    origin.proto,
+                );
+                self.reply(origin.conn, frame);
             }
             Err(err) => {
-                drop(rooms);
-                self.reply_error(origin, err.code(), &err.to_string(), &room_id, Some(seq));
+                let frame = error_frame(
+                    err.code(),
+                    &err.to_string(),
+                    &room_id,
+                    Some(seq),
+                    origin.proto,
+                );
+                self.reply_in_order(host, origin, frame);
             }
         }
     }
 
+    /// Answers now, or after the pending delta when the room has one: answers to one
+    /// connection go out in the order of its requests.
+    fn reply_in_order(&self, host: &mut RoomHost, origin: Origin, frame: Bytes) {
+        if host.dirty {
+            host.replies.push((origin, Reply::Frame(frame)));
+        } else {
+            self.reply(origin.conn, frame);
+        }
+    }
+
     pub(super) fn owner_msg(&self, room_id: RoomId, origin: Origin, data: Value) {
-        let rooms = self.rooms.borrow();
-        let member = rooms
-            .get(&room_id)
-            .and_then(|h| h.member_index(origin.conn).map(|i| (h, i)));
+        let mut rooms = self.rooms.borrow_mut();
+        let member = rooms.get_mut(&room_id).and_then(|h| {
+            let i = h.member_index(origin.conn)?;
+            Some((h, i))
+        });
         let Some((host, i)) = member else {
             drop(rooms);
-            return self.reply_error(
-                origin,
-                ErrorCode::NotJoined,
-                "join the room first",
-                &room_id,
-                None,
-            );
+            return self.reply(origin.conn, not_joined(&room_id, None, origin.proto));
         };
+        // Members see the sender's earlier ops before its message.
+        if host.dirty {
+            self.flush_host(host);
+        }
         let frames = encode::frames(
             &ServerMessage::Msg {
                 room: room_id.as_str(),
@@ -425,6 +420,7 @@ impl Shard {
                 room: room_id,
                 conn: origin.conn.id,
                 frames: vec![frame],
+                answers_join: false,
             },
         );
     }
@@ -454,17 +450,22 @@ impl Shard {
             }
             None => host.room.tick(),
         };
-        for (origin, seq, received) in host.acks.drain(..) {
-            self.telemetry
-                .record(Stage::OpToFlush, now.saturating_duration_since(received));
-            let frame = encode::frame(
-                &ServerMessage::Ack {
-                    room: host.room.id().as_str(),
-                    seq,
-                    tick,
-                },
-                origin.proto,
-            );
+        for (origin, reply) in host.replies.drain(..) {
+            let frame = match reply {
+                Reply::Ack { seq, received } => {
+                    self.telemetry
+                        .record(Stage::OpToFlush, now.saturating_duration_since(received));
+                    encode::frame(
+                        &ServerMessage::Ack {
+                            room: host.room.id().as_str(),
+                            seq,
+                            tick,
+                        },
+                        origin.proto,
+                    )
+                }
+                Reply::Frame(frame) => frame,
+            };
             self.reply(origin.conn, frame);
         }
     }
@@ -525,4 +526,32 @@ impl Future for DirtyRooms<'_> {
         *self.shard.flush_waker.borrow_mut() = Some(cx.waker().clone());
         Poll::Pending
     }
+}
+
+fn error_frame(
+    code: ErrorCode,
+    message: &str,
+    room: &RoomId,
+    seq: Option<u64>,
+    proto: Subprotocol,
+) -> Bytes {
+    encode::frame(
+        &ServerMessage::Error {
+            code,
+            message,
+            room: Some(room.as_str()),
+            seq,
+        },
+        proto,
+    )
+}
+
+fn not_joined(room: &RoomId, seq: Option<u64>, proto: Subprotocol) -> Bytes {
+    error_frame(
+        ErrorCode::NotJoined,
+        "join the room first",
+        room,
+        seq,
+        proto,
+    )
 }

@@ -96,32 +96,74 @@ pub enum MeshMsg {
         /// Set for deltas: when the delta was flushed.
         flushed_at: Option<Instant>,
     },
-    /// A `joined` (and the deltas of a resume) for one member.
+    /// A `joined` (and the deltas of a resume) for one member: the answer to its join, or
+    /// an unasked snapshot for a slow consumer (`answers_join` false).
     Joined {
         room: RoomId,
         conn: ConnId,
         frames: Vec<Bytes>,
+        answers_join: bool,
     },
-    /// The member is out of `room` (left, or refused); `frame` answers it when present.
+    /// The answer to a leave: `left`, or `error not_joined` when it was no member.
     Left {
         room: RoomId,
         conn: ConnId,
-        frame: Option<Bytes>,
+        frame: Bytes,
+    },
+    /// The answer to a join that the owner refused (`room_full`).
+    JoinRefused {
+        room: RoomId,
+        conn: ConnId,
+        frame: Bytes,
     },
     /// A reply (ack, error) for one connection.
     ToConn { conn: ConnId, frame: Bytes },
 }
 
-/// Where a connection stands in one room, as its own shard sees it.
+/// Whether a member's copy of a room follows the deltas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Membership {
-    /// The join is on its way to the owner.
-    Joining,
-    Joined,
+pub enum Sync {
+    Synced,
     /// Deltas were dropped (queue overflow); a snapshot is due once the queue drains.
     Stale,
     /// The snapshot was requested; deltas are dropped until it arrives.
     Resyncing,
+}
+
+/// One room as a connection's own shard sees it.
+///
+/// The owner is the authority on membership; this entry tracks what the client asked for
+/// and what the owner last answered, so that joins and leaves sent in a burst (and
+/// answered later, in order) leave both sides agreeing, and a disconnect leaves exactly the
+/// rooms the owner will still count it in.
+#[derive(Debug, Clone, Copy)]
+pub struct RoomEntry {
+    /// The client's last request for the room was a join.
+    wanted: bool,
+    /// The owner's last answer made the connection a member.
+    member: bool,
+    /// Joins and leaves sent to the owner and not answered yet.
+    pending: u32,
+    /// The connection is in the shard's member list of the room.
+    listed: bool,
+    sync: Sync,
+}
+
+impl RoomEntry {
+    fn new() -> RoomEntry {
+        RoomEntry {
+            wanted: false,
+            member: false,
+            pending: 0,
+            listed: false,
+            sync: Sync::Synced,
+        }
+    }
+
+    /// Nothing is in flight and the owner does not count the connection: forget the room.
+    fn is_done(&self) -> bool {
+        self.pending == 0 && !self.member
+    }
 }
 
 /// One WebSocket connection's state shared between its task and its shard.
@@ -130,7 +172,7 @@ pub struct Conn {
     pub member: Rc<str>,
     pub proto: Subprotocol,
     pub out: RefCell<Outbound>,
-    pub rooms: RefCell<HashMap<RoomId, Membership>>,
+    pub rooms: RefCell<HashMap<RoomId, RoomEntry>>,
     /// Some room is `Stale`: the task asks for snapshots when the queue drains.
     pub stale: Cell<bool>,
     /// Some room is `Stale` or `Resyncing`: deltas need a look at the room's membership.
@@ -185,8 +227,8 @@ impl Conn {
     /// Delivers a fan-out frame of `room`, dropping it while the member awaits a snapshot.
     fn deliver(&self, room: &RoomId, frame: &Bytes, flushed_at: Option<Instant>) -> bool {
         if self.unsynced.get() {
-            if let Some(m) = self.rooms.borrow().get(room) {
-                if matches!(m, Membership::Stale | Membership::Resyncing) {
+            if let Some(entry) = self.rooms.borrow().get(room) {
+                if entry.sync != Sync::Synced {
                     return false;
                 }
             }
@@ -194,9 +236,9 @@ impl Conn {
         let pushed = self.out.borrow_mut().push_delta(frame.clone(), flushed_at);
         if pushed == Pushed::DroppedDeltas {
             let mut rooms = self.rooms.borrow_mut();
-            for m in rooms.values_mut() {
-                if *m == Membership::Joined {
-                    *m = Membership::Stale;
+            for entry in rooms.values_mut() {
+                if entry.member && entry.sync == Sync::Synced {
+                    entry.sync = Sync::Stale;
                 }
             }
             self.stale.set(true);
@@ -284,18 +326,24 @@ impl Shard {
             return;
         }
         ShardMetrics::sub(&self.metrics().connections, 1);
-        let rooms: Vec<RoomId> = conn.rooms.borrow_mut().drain().map(|(r, _)| r).collect();
-        for room in rooms {
-            self.remove_local_member(&room, conn.id);
-            let origin = self.origin(conn);
-            self.route(
-                &room,
-                MeshMsg::Leave {
-                    room: room.clone(),
-                    origin,
-                    reply: false,
-                },
-            );
+        let rooms: Vec<(RoomId, RoomEntry)> = conn.rooms.borrow_mut().drain().collect();
+        for (room, entry) in rooms {
+            if entry.listed {
+                self.remove_local_member(&room, conn.id);
+            }
+            // After its last request the owner counts the connection in exactly when that
+            // request was a join (a refused join makes the leave a no-op).
+            if entry.wanted {
+                let origin = self.origin(conn);
+                self.route(
+                    &room,
+                    MeshMsg::Leave {
+                        room: room.clone(),
+                        origin,
+                        reply: false,
+                    },
+                );
+            }
         }
     }
 
@@ -378,8 +426,14 @@ impl Shard {
                 }
                 self.deliver_local(&room, &frames, exclude, flushed_at)
             }
-            MeshMsg::Joined { room, conn, frames } => self.member_joined(room, conn, frames),
-            MeshMsg::Left { room, conn, frame } => self.member_left(room, conn, frame),
+            MeshMsg::Joined {
+                room,
+                conn,
+                frames,
+                answers_join,
+            } => self.member_joined(room, conn, frames, answers_join),
+            MeshMsg::Left { room, conn, frame } => self.member_left(room, conn, frame, false),
+            MeshMsg::JoinRefused { room, conn, frame } => self.member_left(room, conn, frame, true),
             MeshMsg::ToConn { conn, frame } => {
                 if let Some(conn) = self.conns.borrow().get(&conn) {
                     conn.out.borrow_mut().push_control(frame);
@@ -444,7 +498,8 @@ impl Shard {
                 {
                     let mut rooms = conn.rooms.borrow_mut();
                     let max = self.config.limits.max_rooms_per_connection;
-                    if !rooms.contains_key(&room) && rooms.len() >= max {
+                    let wanted = rooms.get(&room).is_some_and(|e| e.wanted);
+                    if !wanted && rooms.values().filter(|e| e.wanted).count() >= max {
                         drop(rooms);
                         let message = format!("a connection may be in at most {max} rooms");
                         return self.answer_error(
@@ -455,7 +510,9 @@ impl Shard {
                             None,
                         );
                     }
-                    rooms.entry(room.clone()).or_insert(Membership::Joining);
+                    let entry = rooms.entry(room.clone()).or_insert_with(RoomEntry::new);
+                    entry.wanted = true;
+                    entry.pending += 1;
                 }
                 let origin = self.origin(conn);
                 let member = conn.member.to_string();
@@ -470,9 +527,14 @@ impl Shard {
                     },
                 );
             }
+            // Leave, op and msg always go to the owner, even for a room the connection is
+            // not in: it answers `not_joined` in order with the answers it still owes.
             ClientMessage::Leave { room } => {
-                if !self.check_joined(conn, &room, None) {
-                    return;
+                {
+                    let mut rooms = conn.rooms.borrow_mut();
+                    let entry = rooms.entry(room.clone()).or_insert_with(RoomEntry::new);
+                    entry.wanted = false;
+                    entry.pending += 1;
                 }
                 let origin = self.origin(conn);
                 self.route(
@@ -485,20 +547,6 @@ impl Shard {
                 );
             }
             ClientMessage::Op { room, seq, ops } => {
-                if !self.check_joined(conn, &room, Some(seq)) {
-                    return;
-                }
-                let max = self.config.limits.max_ops_per_message;
-                if ops.len() > max {
-                    let message = format!("at most {max} ops per message");
-                    return self.answer_error(
-                        conn,
-                        ErrorCode::TooLarge,
-                        &message,
-                        Some(&room),
-                        Some(seq),
-                    );
-                }
                 let origin = self.origin(conn);
                 self.route(
                     &room.clone(),
@@ -512,27 +560,10 @@ impl Shard {
                 );
             }
             ClientMessage::Msg { room, data } => {
-                if !self.check_joined(conn, &room, None) {
-                    return;
-                }
                 let origin = self.origin(conn);
                 self.route(&room.clone(), MeshMsg::Msg { room, origin, data });
             }
         }
-    }
-
-    fn check_joined(&self, conn: &Conn, room: &RoomId, seq: Option<u64>) -> bool {
-        if conn.rooms.borrow().contains_key(room) {
-            return true;
-        }
-        self.answer_error(
-            conn,
-            ErrorCode::NotJoined,
-            "join the room first",
-            Some(room),
-            seq,
-        );
-        false
     }
 
     /// Answers a request that did not decode into a valid message.
@@ -564,9 +595,9 @@ impl Shard {
             let mut rooms = conn.rooms.borrow_mut();
             rooms
                 .iter_mut()
-                .filter(|(_, m)| **m == Membership::Stale)
-                .map(|(room, m)| {
-                    *m = Membership::Resyncing;
+                .filter(|(_, e)| e.sync == Sync::Stale)
+                .map(|(room, e)| {
+                    e.sync = Sync::Resyncing;
                     room.clone()
                 })
                 .collect()
@@ -600,25 +631,31 @@ impl Shard {
         ShardMetrics::add(&self.metrics().messages_out, sent);
     }
 
-    fn member_joined(&self, room: RoomId, conn: ConnId, frames: Vec<Bytes>) {
+    fn member_joined(&self, room: RoomId, conn: ConnId, frames: Vec<Bytes>, answers_join: bool) {
         let Some(conn) = self.conns.borrow().get(&conn).cloned() else {
             return;
         };
-        let previous = {
+        let list = {
             let mut rooms = conn.rooms.borrow_mut();
-            let Some(m) = rooms.get_mut(&room) else {
+            let Some(entry) = rooms.get_mut(&room) else {
                 return;
             };
-            let previous = std::mem::replace(m, Membership::Joined);
-            if conn.unsynced.get() && previous == Membership::Resyncing {
-                let unsynced = rooms
-                    .values()
-                    .any(|m| matches!(m, Membership::Stale | Membership::Resyncing));
-                conn.unsynced.set(unsynced);
+            if answers_join {
+                entry.pending = entry.pending.saturating_sub(1);
+                entry.member = true;
             }
-            previous
+            // A snapshot, asked for or not, supersedes every delta before it.
+            entry.sync = Sync::Synced;
+            if conn.unsynced.get() {
+                conn.unsynced
+                    .set(rooms.values().any(|e| e.sync != Sync::Synced));
+            }
+            let entry = rooms.get_mut(&room).expect("looked up above");
+            let list = entry.member && !entry.listed;
+            entry.listed |= list;
+            list
         };
-        if previous == Membership::Joining {
+        if list {
             self.members
                 .borrow_mut()
                 .entry(room)
@@ -633,16 +670,34 @@ impl Shard {
         ShardMetrics::add(&self.metrics().messages_out, n);
     }
 
-    fn member_left(&self, room: RoomId, conn: ConnId, frame: Option<Bytes>) {
+    /// The owner answered a leave (`left` or `not_joined`) or refused a join.
+    fn member_left(&self, room: RoomId, conn: ConnId, frame: Bytes, refused: bool) {
         let Some(conn) = self.conns.borrow().get(&conn).cloned() else {
             return;
         };
-        conn.rooms.borrow_mut().remove(&room);
-        self.remove_local_member(&room, conn.id);
-        if let Some(frame) = frame {
-            conn.out.borrow_mut().push_control(frame);
-            ShardMetrics::add(&self.metrics().messages_out, 1);
+        let unlist = {
+            let mut rooms = conn.rooms.borrow_mut();
+            match rooms.get_mut(&room) {
+                Some(entry) => {
+                    entry.pending = entry.pending.saturating_sub(1);
+                    let unlist = !refused && entry.listed;
+                    if !refused {
+                        entry.member = false;
+                        entry.listed = false;
+                    }
+                    if entry.is_done() {
+                        rooms.remove(&room);
+                    }
+                    unlist
+                }
+                None => false,
+            }
+        };
+        if unlist {
+            self.remove_local_member(&room, conn.id);
         }
+        conn.out.borrow_mut().push_control(frame);
+        ShardMetrics::add(&self.metrics().messages_out, 1);
     }
 
     fn remove_local_member(&self, room: &RoomId, conn: ConnId) {

@@ -693,7 +693,7 @@ impl Client {
         );
     }
 
-    /// Joins `room`; returns the `joined` (which must be the next message).
+    /// Joins `room`; returns the `joined` (the next message but for `presence`).
     pub fn join(&mut self, room: &str) -> Value {
         self.send(json!({"t": "join", "room": room}));
         self.joined(room)
@@ -709,8 +709,14 @@ impl Client {
         self.joined(room)
     }
 
+    /// The `joined` answer; `presence` of other members coming and going may arrive first
+    /// (their timing is theirs), anything else may not.
     fn joined(&mut self, room: &str) -> Value {
-        let joined = self.expect("joined");
+        let (joined, skipped) = self.recv_until(|v| v["t"] != "presence");
+        assert_eq!(
+            joined["t"], "joined",
+            "expected a `joined`, got {joined} (after {skipped:?})"
+        );
         assert_eq!(joined["room"], room, "joined for another room: {joined}");
         let you = joined["you"]
             .as_str()
