@@ -27,6 +27,44 @@ pub struct Config {
     pub auth_secret: Option<String>,
     /// How long a drain (SIGTERM/SIGINT) waits for clients to close. Default 3 s.
     pub drain_timeout: Duration,
+    /// Several instances behind Redis (see `server::fleet`); `None` is the embedded,
+    /// in-memory single instance. Default `None`.
+    pub redis: Option<RedisConfig>,
+}
+
+/// How an instance of a fleet uses Redis.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://[user][:password@]host[:port][/db]`.
+    pub url: String,
+    /// This instance's name: the value of the leases it holds, and part of the addresses of
+    /// its connections in other instances. Default `<hostname>-<pid>-<random>`.
+    pub instance_id: String,
+    /// How long a room's lease lives without renewal (renewed every third of it). Default 3 s.
+    pub lease_ttl: Duration,
+    /// An `ack` goes out only once the delta holding the op is in the log. Default on.
+    pub durable_acks: bool,
+    /// A snapshot is written after this many ticks… Default 256.
+    pub snapshot_every_ticks: u64,
+    /// …or this long after the last one, whichever comes first. Default 5 s.
+    pub snapshot_every: Duration,
+    /// How long a relayed join waits for the owner's answer before it is sent again (and
+    /// the lease looked at). Default 2 s.
+    pub relay_timeout: Duration,
+}
+
+impl RedisConfig {
+    pub fn new(url: String, instance_id: String) -> RedisConfig {
+        RedisConfig {
+            url,
+            instance_id,
+            lease_ttl: Duration::from_secs(3),
+            durable_acks: true,
+            snapshot_every_ticks: 256,
+            snapshot_every: Duration::from_secs(5),
+            relay_timeout: Duration::from_secs(2),
+        }
+    }
 }
 
 /// Bounds on everything a client can make the server hold or do.
@@ -106,6 +144,7 @@ impl Default for Config {
             allowed_origins: Vec::new(),
             auth_secret: None,
             drain_timeout: Duration::from_secs(3),
+            redis: None,
         }
     }
 }

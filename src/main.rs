@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use kasagi::config::{Config, Limits};
+use kasagi::config::{Config, Limits, RedisConfig};
 use kasagi::server::{self, Mode};
 use tracing_subscriber::EnvFilter;
 
@@ -128,6 +128,68 @@ struct ServeArgs {
     /// Listen backlog of each shard's socket.
     #[arg(long, env = "KASAGI_BACKLOG", default_value_t = 1024)]
     backlog: i32,
+    #[command(flatten)]
+    fleet: FleetArgs,
+}
+
+/// Several instances behind Redis (README, "Several instances (Redis)").
+#[derive(Args)]
+struct FleetArgs {
+    /// Redis URL (`redis://host:port/db`): run as one instance of a fleet. None: alone, in memory.
+    #[arg(long, env = "KASAGI_REDIS")]
+    redis: Option<String>,
+    /// This instance's name in leases and request ids. Default: hostname-pid-random.
+    #[arg(long, env = "KASAGI_INSTANCE_ID")]
+    instance_id: Option<String>,
+    /// How long a room's ownership lease lives without renewal (renewed every third).
+    #[arg(long, env = "KASAGI_LEASE_TTL", default_value = "3s", value_parser = humantime::parse_duration)]
+    lease_ttl: Duration,
+    /// Send an `ack` only once the delta holding the op is in the Redis log.
+    #[arg(long, env = "KASAGI_DURABLE_ACKS", default_value_t = true, action = clap::ArgAction::Set)]
+    durable_acks: bool,
+    /// Write a room snapshot after this many ticks...
+    #[arg(long, env = "KASAGI_SNAPSHOT_EVERY_TICKS", default_value_t = 256)]
+    snapshot_every_ticks: u64,
+    /// ...or this long after the last one, whichever comes first.
+    #[arg(long, env = "KASAGI_SNAPSHOT_EVERY", default_value = "5s", value_parser = humantime::parse_duration)]
+    snapshot_every: Duration,
+    /// How long a relayed join waits for the owner's answer before it is sent again.
+    #[arg(long, env = "KASAGI_RELAY_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    relay_timeout: Duration,
+}
+
+fn default_instance_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "kasagi".to_owned());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{host}-{}-{:06x}", std::process::id(), nanos & 0xff_ffff)
+}
+
+fn fleet_config(args: &FleetArgs) -> anyhow::Result<Option<RedisConfig>> {
+    let Some(url) = &args.redis else {
+        return Ok(None);
+    };
+    kasagi::redis::RedisUrl::parse(url).with_context(|| format!("--redis {url}"))?;
+    let instance_id = args.instance_id.clone().unwrap_or_else(default_instance_id);
+    if instance_id.is_empty() || instance_id.len() > 128 {
+        bail!("--instance-id must be 1 to 128 bytes");
+    }
+    if args.lease_ttl < Duration::from_millis(300) {
+        bail!("--lease-ttl must be at least 300ms");
+    }
+    Ok(Some(RedisConfig {
+        lease_ttl: args.lease_ttl,
+        durable_acks: args.durable_acks,
+        snapshot_every_ticks: args.snapshot_every_ticks.max(1),
+        snapshot_every: args.snapshot_every,
+        relay_timeout: args.relay_timeout,
+        ..RedisConfig::new(url.clone(), instance_id)
+    }))
 }
 
 fn runtime_config(config: &mut Config, args: &RuntimeArgs) -> anyhow::Result<()> {
@@ -154,6 +216,7 @@ fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
         allowed_origins: args.allowed_origins.clone(),
         auth_secret: args.auth_secret.clone(),
         drain_timeout: args.drain_timeout,
+        redis: fleet_config(&args.fleet)?,
         limits: Limits {
             max_frame_bytes: args.max_frame_bytes,
             max_message_bytes: args.max_message_bytes,

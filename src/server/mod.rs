@@ -5,11 +5,13 @@
 //! - `conn.rs`: one socket: HTTP request, upgrade, the WebSocket loop; the echo mode.
 //! - `outbound.rs`: a connection's bounded outbound queue.
 //! - `encode.rs`: server messages to shared, ready-to-write frames.
+//! - `fleet/`: several instances behind Redis: leases, the log, relays (off without `--redis`).
 //! - `ratelimit.rs`, `auth.rs`, `metrics.rs`: the token bucket, JWT grants, counters.
 
 mod auth;
 mod conn;
 mod encode;
+mod fleet;
 pub mod metrics;
 mod outbound;
 mod owner;
@@ -97,6 +99,7 @@ pub fn run(
             ));
             let handler = shard.clone();
             inbox.spawn(move |from, msg: MeshMsg| handler.handle(from, msg));
+            fleet::start(&shard);
             shard_main(shard, into_listener(socket), mode, stop).await;
         }
         .instrument(tracing::info_span!("shard", id))
@@ -144,6 +147,7 @@ async fn shard_main(
     // Send what the last ops produced before the shard goes away.
     shard.flush_dirty();
     shard.flush_mesh().await;
+    shard.fleet_shutdown(Duration::from_secs(1)).await;
     info!(left = shard.conn_count(), "drained");
 }
 

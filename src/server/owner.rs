@@ -21,6 +21,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::encode;
+use super::fleet::Held;
 use super::metrics::ShardMetrics;
 use super::shard::{ConnRef, Frames, MeshMsg, Origin, Shard};
 use super::telemetry::Stage;
@@ -29,7 +30,7 @@ use crate::room::{self, Applied, DeltaRecord, Room};
 use crate::value::Value;
 
 /// An answer held back until the room's pending delta is out.
-enum Reply {
+pub(super) enum Reply {
     /// An `ack` with the delta's tick; `received` is when the op was read.
     Ack { seq: u64, received: Instant },
     /// An answer already encoded (an error).
@@ -43,19 +44,22 @@ struct Member {
 
 /// A room this shard owns, with its members across all shards.
 pub struct RoomHost {
-    room: Room,
+    pub(super) room: Room,
     /// Members in join order (the `members` list of `joined`).
     members: Vec<(ConnRef, Member)>,
-    per_shard: Vec<u32>,
-    per_proto: [u32; 2],
+    /// Members per shard; with Redis one more slot counts members of other instances.
+    pub(super) per_shard: Vec<u32>,
+    pub(super) per_proto: [u32; 2],
     /// Answers due right after the next delta, in request order.
-    replies: Vec<(Origin, Reply)>,
-    dirty: bool,
+    pub(super) replies: Vec<(Origin, Reply)>,
+    pub(super) dirty: bool,
     empty_since: Option<Instant>,
+    /// With Redis: outputs waiting for the log (see `fleet::log`). Always empty without.
+    pub(super) held: Held,
 }
 
 impl RoomHost {
-    fn new(room: Room, shards: usize, now: Instant) -> RoomHost {
+    pub(super) fn new(room: Room, shards: usize, now: Instant) -> RoomHost {
         RoomHost {
             room,
             members: Vec::new(),
@@ -64,7 +68,22 @@ impl RoomHost {
             replies: Vec::new(),
             dirty: false,
             empty_since: Some(now),
+            held: Held::default(),
         }
+    }
+
+    /// Members on this instance's shards (`shards` and above stand for other instances).
+    pub(super) fn local_members(&self, shards: usize) -> impl Iterator<Item = (Origin, &str)> + '_ {
+        self.members
+            .iter()
+            .filter(move |(c, _)| c.shard < shards)
+            .map(|(conn, m)| {
+                let origin = Origin {
+                    conn: *conn,
+                    proto: m.proto,
+                };
+                (origin, m.id.as_str())
+            })
     }
 
     fn member_index(&self, conn: ConnRef) -> Option<usize> {
@@ -80,7 +99,7 @@ impl RoomHost {
     }
 
     /// The framed encoding of a delta for one subprotocol, made once and cached.
-    fn delta_frame(&self, delta: &DeltaRecord, proto: Subprotocol) -> Bytes {
+    pub(super) fn delta_frame(&self, delta: &DeltaRecord, proto: Subprotocol) -> Bytes {
         delta.frames[proto.index()]
             .get_or_init(|| {
                 encode::frame(
@@ -98,7 +117,7 @@ impl RoomHost {
 }
 
 impl Shard {
-    fn room_limits(&self) -> room::Limits {
+    pub(super) fn room_limits(&self) -> room::Limits {
         let l = &self.config.limits;
         room::Limits {
             max_state_bytes: l.max_state_bytes,
@@ -110,18 +129,19 @@ impl Shard {
     /// Sends a frame set to every shard with members of `host`'s room.
     fn fan_out(
         &self,
-        host: &RoomHost,
+        host: &mut RoomHost,
         frames: Frames,
         exclude: Option<ConnRef>,
         flushed_at: Option<Instant>,
     ) {
         let sent = flushed_at.unwrap_or_else(Instant::now);
-        for (shard, &count) in host.per_shard.iter().enumerate() {
-            if count == 0 {
+        for shard in 0..host.per_shard.len() {
+            if host.per_shard[shard] == 0 {
                 continue;
             }
             let room = host.room.id().clone();
-            self.send(
+            self.host_send(
+                host,
                 shard,
                 MeshMsg::Deliver {
                     room,
@@ -145,8 +165,10 @@ impl Shard {
         let now = self.now();
         let mut rooms = self.rooms.borrow_mut();
         if !rooms.contains_key(&room_id) {
+            // With Redis the fleet creates hosts (loaded from Redis) before routing here.
             let room = Room::new(room_id.clone(), 0, self.room_limits());
-            rooms.insert(room_id.clone(), RoomHost::new(room, self.shards, now));
+            let slots = self.shards + usize::from(self.fleet.is_some());
+            rooms.insert(room_id.clone(), RoomHost::new(room, slots, now));
             ShardMetrics::add(&self.metrics().rooms, 1);
         }
         let host = rooms.get_mut(&room_id).expect("inserted above");
@@ -209,7 +231,8 @@ impl Shard {
         for delta in resumed.iter().flatten() {
             frames.push(host.delta_frame(delta, origin.proto));
         }
-        self.send(
+        self.host_send(
+            host,
             origin.conn.shard,
             MeshMsg::Joined {
                 room: room_id.clone(),
@@ -262,7 +285,6 @@ impl Shard {
                 removed = true;
             }
         }
-        drop(rooms);
         if !reply {
             return;
         }
@@ -277,14 +299,18 @@ impl Shard {
         } else {
             not_joined(&room_id, None, origin.proto)
         };
-        self.send(
-            origin.conn.shard,
-            MeshMsg::Left {
-                room: room_id,
-                conn: origin.conn.id,
-                frame,
-            },
-        );
+        let msg = MeshMsg::Left {
+            room: room_id.clone(),
+            conn: origin.conn.id,
+            frame,
+        };
+        match rooms.get_mut(&room_id) {
+            Some(host) => self.host_send(host, origin.conn.shard, msg),
+            None => {
+                drop(rooms);
+                self.send(origin.conn.shard, msg);
+            }
+        }
     }
 
     pub(super) fn owner_op(
@@ -330,7 +356,6 @@ impl Shard {
             }
             Ok(Applied::Unchanged) => {
                 let tick = host.room.tick();
-                drop(rooms);
                 let frame = encode::frame(
                     &ServerMessage::Ack {
                         room: room_id.as_str(),
@@ -339,7 +364,7 @@ impl Shard {
                     },
                     origin.proto,
                 );
-                self.reply(origin.conn, frame);
+                self.host_reply(host, origin.conn, frame);
             }
             Err(err) => {
                 let frame = error_frame(
@@ -360,8 +385,13 @@ impl Shard {
         if host.dirty {
             host.replies.push((origin, Reply::Frame(frame)));
         } else {
-            self.reply(origin.conn, frame);
+            self.host_reply(host, origin.conn, frame);
         }
+    }
+
+    /// A reply to one connection, behind whatever the host holds for the log.
+    fn host_reply(&self, host: &mut RoomHost, to: ConnRef, frame: Bytes) {
+        self.host_send(host, to.shard, MeshMsg::ToConn { conn: to.id, frame });
     }
 
     pub(super) fn owner_msg(&self, room_id: RoomId, origin: Origin, data: Value) {
@@ -414,7 +444,8 @@ impl Shard {
             origin.proto,
         );
         ShardMetrics::add(&self.metrics().resyncs, 1);
-        self.send(
+        self.host_send(
+            host,
             origin.conn.shard,
             MeshMsg::Joined {
                 room: room_id,
@@ -434,6 +465,9 @@ impl Shard {
 
     /// Turns a room's applied ops into one delta, fans it out, then sends the acks.
     fn flush_host(&self, host: &mut RoomHost) {
+        if self.fleet.is_some() {
+            return self.fleet_flush(host);
+        }
         host.dirty = false;
         let now = Instant::now();
         let tick = match host.room.flush() {

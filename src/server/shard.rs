@@ -25,6 +25,7 @@ use kasagi_shards::{shard_of, Mesh, ShardId};
 
 use super::auth::{Grant, Verifier};
 use super::encode;
+use super::fleet::Fleet;
 use super::metrics::{AllMetrics, ShardMetrics};
 use super::outbound::{Outbound, Pushed};
 use super::owner::RoomHost;
@@ -270,6 +271,8 @@ pub struct Shard {
     pub(super) dirty: RefCell<Vec<RoomId>>,
     pub(super) flush_waker: RefCell<Option<std::task::Waker>>,
     pub stopping: Cell<bool>,
+    /// With `--redis`: this shard's side of the fleet (`fleet/`).
+    pub(super) fleet: Option<Fleet>,
 }
 
 impl Shard {
@@ -280,7 +283,13 @@ impl Shard {
         verifier: Option<Verifier>,
         published: Arc<Published>,
     ) -> Shard {
+        let fleet = config.redis.clone().and_then(|redis| {
+            Fleet::new(redis, mesh.id())
+                .map_err(|error| tracing::error!(cause = %error, "bad Redis URL"))
+                .ok()
+        });
         Shard {
+            fleet,
             id: mesh.id(),
             shards: mesh.shards(),
             config,
@@ -307,7 +316,11 @@ impl Shard {
     pub fn open_conn(&self, proto: Subprotocol, grant: Grant) -> Rc<Conn> {
         let id = self.next_conn.get();
         self.next_conn.set(id + 1);
-        let member: Rc<str> = format!("s{}c{}", self.id, id).into();
+        let member: Rc<str> = match &self.fleet {
+            // Unique across the fleet: members of one room come from every instance.
+            Some(fleet) => format!("{}.s{}c{}", fleet.instance(), self.id, id).into(),
+            None => format!("s{}c{}", self.id, id).into(),
+        };
         let conn = Rc::new(Conn::new(
             id,
             member,
@@ -380,6 +393,8 @@ impl Shard {
     pub(super) fn send(&self, dst: ShardId, msg: MeshMsg) {
         if dst == self.id {
             self.handle(self.id, msg);
+        } else if dst >= self.shards {
+            self.fleet_send_remote(msg);
         } else {
             self.mesh.send(dst, msg);
         }
@@ -387,6 +402,9 @@ impl Shard {
 
     /// Handles a message from a shard (this one included).
     pub fn handle(&self, from: ShardId, msg: MeshMsg) {
+        let Some(msg) = self.fleet_route(from, msg) else {
+            return;
+        };
         match msg {
             MeshMsg::Join {
                 room,

@@ -18,6 +18,8 @@
 
 #![allow(dead_code)]
 
+pub mod fleet;
+
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};

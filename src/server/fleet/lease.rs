@@ -1,0 +1,529 @@
+//! Room ownership: taking the lease (with a new epoch), loading the room from its
+//! snapshot and log, renewing, releasing, stepping down, and the periodic watch that
+//! renews owned rooms and lets relays with members take over a room whose owner died.
+//!
+//! Invariants:
+//! - The epoch is bumped in the same script that takes the lease, so every owner (a clean
+//!   hand-off and a re-take by the same instance included) has its own epoch.
+//! - A room is loaded only by the instance that just took its lease; a load that fails
+//!   gives the lease back (when Redis still answers) and every queued request gets
+//!   `unavailable`.
+//! - Renewal is a script that extends the lease only while it is ours; a lease that lapsed
+//!   while nobody took it is taken back only if the epoch is still ours (nobody wrote).
+
+use std::rc::Rc;
+use std::time::Instant;
+
+use redis::Value;
+use tracing::{info, warn};
+
+use super::super::owner::RoomHost;
+use super::super::shard::{MeshMsg, Origin, Shard};
+use super::wire::{self, Keys, OutMsg};
+use super::{FleetRoom, Owned, Relay, ROUTED};
+use crate::protocol::{DeltaOp, RoomId};
+use crate::redis::{Error, Script};
+use crate::room::{apply_delta_op, Room};
+use crate::value::Value as StateValue;
+
+/// KEYS owner, epoch; ARGV instance, ttl ms. The new epoch, or 0 when another holds it.
+const ACQUIRE: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur == false or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return redis.call('INCR', KEYS[2])
+end
+return 0
+";
+
+/// KEYS owner, epoch; ARGV instance, ttl ms, epoch. 1 when the lease is (again) ours.
+const RENEW: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if cur == false and redis.call('GET', KEYS[2]) == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// KEYS owner; ARGV instance.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+fn ttl_ms(shard: &Shard) -> u64 {
+    shard
+        .fleet
+        .as_ref()
+        .map_or(3000, |f| f.config.lease_ttl.as_millis() as u64)
+}
+
+pub fn spawn_acquire(shard: &Shard, room: RoomId) {
+    if let Some(me) = shard.me() {
+        glommio::spawn_local(acquire(me, room, Vec::new())).detach();
+    }
+}
+
+/// Takes the lease when it is free (or ours), else relays. `members` are local members a
+/// relay already had (a take-over): they are registered with the loaded room.
+async fn acquire(shard: Rc<Shard>, room: RoomId, members: Vec<(Origin, String)>) {
+    let Some(fleet) = shard.fleet.as_ref() else {
+        return;
+    };
+    let keys = Keys::of(&room);
+    // A join waits a little for Redis (just started, reconnecting) before `unavailable`.
+    let patience = Instant::now() + fleet.config.relay_timeout;
+    let taken = loop {
+        let taken = fleet
+            .client
+            .eval(
+                &Script::new(ACQUIRE),
+                &[&keys.owner, &keys.epoch],
+                (fleet.instance(), ttl_ms(&shard)),
+            )
+            .await;
+        match taken {
+            Err(Error::Unavailable) if Instant::now() < patience => {
+                glommio::timer::Timer::new(std::time::Duration::from_millis(50)).await;
+            }
+            taken => break taken,
+        }
+    };
+    match taken {
+        Ok(Value::Int(epoch)) if epoch > 0 => {
+            let started = Instant::now();
+            match load(&shard, &room, epoch as u64).await {
+                Ok(room_state) => become_owner(&shard, room, room_state, started, members),
+                Err(error) => {
+                    warn!(%room, cause = %error, "loading the room failed; giving the lease back");
+                    release(&shard, &room).await;
+                    fail_queued(&shard, &room, members);
+                }
+            }
+        }
+        Ok(_) => become_relay(&shard, room, members).await,
+        Err(error) => {
+            warn!(%room, cause = %error, "cannot take the room's lease");
+            fail_queued(&shard, &room, members);
+        }
+    }
+}
+
+/// Why a room could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("Redis: {0}")]
+    Redis(#[from] Error),
+    #[error("the stored snapshot is unreadable: {0}")]
+    Snapshot(String),
+}
+
+/// The snapshot, then every logged delta after it, into a room of `epoch`.
+async fn load(shard: &Rc<Shard>, room: &RoomId, epoch: u64) -> Result<Room, LoadError> {
+    let fleet = shard.fleet.as_ref().expect("fleet on");
+    let keys = Keys::of(room);
+    // Requests relayed from now on must reach us: subscribe before anyone learns we own it.
+    if let Err(error) = fleet.subscriber.subscribe(keys.input.clone()).await {
+        return Err(error.into());
+    }
+    let mut cmd = redis::cmd("HGETALL");
+    cmd.arg(&keys.snap);
+    let snap = fleet.client.query(&cmd).await?;
+    let (mut state, mut tick) = (StateValue::Map(Default::default()), 0u64);
+    if let Value::Array(fields) = flatten_map(snap) {
+        let mut state_bytes = None;
+        for pair in fields.chunks(2) {
+            if let [Value::BulkString(k), v] = pair {
+                match (k.as_slice(), v) {
+                    (b"state", Value::BulkString(bytes)) => state_bytes = Some(bytes.clone()),
+                    (b"tick", Value::BulkString(t)) => {
+                        tick = std::str::from_utf8(t)
+                            .ok()
+                            .and_then(|t| t.parse().ok())
+                            .ok_or_else(|| LoadError::Snapshot("tick".into()))?;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if let Some(bytes) = state_bytes {
+            state = StateValue::Map(
+                wire::decode_state(&bytes).map_err(|e| LoadError::Snapshot(e.to_string()))?,
+            );
+        }
+    }
+    let entries = super::log::read_log(fleet, room, tick + 1, None).await?;
+    for entry in entries {
+        if entry.tick != tick + 1 {
+            break;
+        }
+        apply_ops(&mut state, &entry.ops);
+        tick = entry.tick;
+    }
+    let StateValue::Map(map) = state else {
+        return Err(LoadError::Snapshot("the state is not a map".into()));
+    };
+    info!(%room, epoch, tick, "room loaded from Redis");
+    Ok(Room::from_snapshot(
+        room.clone(),
+        epoch,
+        tick,
+        map,
+        shard.room_limits(),
+    ))
+}
+
+fn apply_ops(state: &mut StateValue, ops: &[DeltaOp]) {
+    for op in ops {
+        if let Err(error) = apply_delta_op(state, op) {
+            warn!(cause = %error, "a logged delta op does not fit the state");
+        }
+    }
+}
+
+/// HGETALL answers a flat array (RESP2) or a map (RESP3); both as `[k, v, k, v…]`.
+fn flatten_map(value: Value) -> Value {
+    match value {
+        Value::Map(pairs) => Value::Array(pairs.into_iter().flat_map(|(k, v)| [k, v]).collect()),
+        other => other,
+    }
+}
+
+fn become_owner(
+    shard: &Rc<Shard>,
+    room_id: RoomId,
+    room: Room,
+    started: Instant,
+    members: Vec<(Origin, String)>,
+) {
+    let Some(fleet) = shard.fleet.as_ref() else {
+        return;
+    };
+    let epoch = room.epoch();
+    let tick = room.tick();
+    let host = RoomHost::new(room, shard.shards + 1, Instant::now());
+    shard.rooms.borrow_mut().insert(room_id.clone(), host);
+    super::super::metrics::ShardMetrics::add(&shard.metrics().rooms, 1);
+    let owned = Owned {
+        epoch,
+        lease_until: started + fleet.config.lease_ttl,
+        last_snap_tick: tick,
+        last_snap_at: Instant::now(),
+    };
+    let previous = fleet
+        .rooms
+        .borrow_mut()
+        .insert(room_id.clone(), FleetRoom::Owned(owned));
+    let queued = match previous {
+        Some(FleetRoom::Loading { queued }) => queued,
+        _ => Vec::new(),
+    };
+    let keys = Keys::of(&room_id);
+    let subscriber = fleet.subscriber.clone();
+    glommio::spawn_local(async move {
+        let _ = subscriber.unsubscribe(keys.output).await;
+    })
+    .detach();
+    info!(room = %room_id, epoch, tick, "owning the room");
+    fleet.publish_out(&room_id, &OutMsg::Owner { epoch });
+    for (origin, member) in members {
+        shard.handle(
+            ROUTED,
+            MeshMsg::Join {
+                room: room_id.clone(),
+                origin,
+                member,
+                since: None,
+                epoch: None,
+            },
+        );
+    }
+    for msg in queued {
+        shard.handle(ROUTED, msg);
+    }
+}
+
+async fn become_relay(shard: &Rc<Shard>, room: RoomId, members: Vec<(Origin, String)>) {
+    let Some(fleet) = shard.fleet.as_ref() else {
+        return;
+    };
+    let keys = Keys::of(&room);
+    if let Err(error) = fleet.subscriber.subscribe(keys.output.clone()).await {
+        warn!(%room, cause = %error, "cannot subscribe to the room's deltas");
+        let _ = fleet.subscriber.unsubscribe(keys.output).await;
+        return fail_queued(shard, &room, members);
+    }
+    let previous = fleet
+        .rooms
+        .borrow_mut()
+        .insert(room.clone(), FleetRoom::Relayed(Relay::new(shard.shards)));
+    let queued = match previous {
+        Some(FleetRoom::Loading { queued }) => queued,
+        _ => Vec::new(),
+    };
+    for (origin, member) in members {
+        shard.relay_request(MeshMsg::Join {
+            room: room.clone(),
+            origin,
+            member,
+            since: None,
+            epoch: None,
+        });
+    }
+    for msg in queued {
+        shard.relay_request(msg);
+    }
+}
+
+/// The room could not be served: every waiting request gets `unavailable`.
+fn fail_queued(shard: &Rc<Shard>, room: &RoomId, members: Vec<(Origin, String)>) {
+    let Some(fleet) = shard.fleet.as_ref() else {
+        return;
+    };
+    let queued = match fleet.rooms.borrow_mut().remove(room) {
+        Some(FleetRoom::Loading { queued }) => queued,
+        _ => Vec::new(),
+    };
+    for (origin, _) in members {
+        shard.send(
+            origin.conn.shard,
+            MeshMsg::Left {
+                room: room.clone(),
+                conn: origin.conn.id,
+                frame: left_frame(room, origin),
+            },
+        );
+    }
+    for msg in queued {
+        match msg {
+            MeshMsg::Join { origin, .. } => shard.answer_unavailable(room, origin, None, true),
+            MeshMsg::Op { origin, seq, .. } => {
+                shard.answer_unavailable(room, origin, Some(seq), false)
+            }
+            MeshMsg::Leave {
+                origin,
+                reply: true,
+                ..
+            } => shard.send(
+                origin.conn.shard,
+                MeshMsg::Left {
+                    room: room.clone(),
+                    conn: origin.conn.id,
+                    frame: left_frame(room, origin),
+                },
+            ),
+            MeshMsg::Msg { origin, .. } => shard.answer_unavailable(room, origin, None, false),
+            _ => {}
+        }
+    }
+}
+
+pub(super) fn left_frame(room: &RoomId, origin: Origin) -> bytes::Bytes {
+    super::super::encode::frame(
+        &crate::protocol::ServerMessage::Left {
+            room: room.as_str(),
+            reason: Some("unavailable"),
+        },
+        origin.proto,
+    )
+}
+
+async fn release(shard: &Shard, room: &RoomId) {
+    let Some(fleet) = shard.fleet.as_ref() else {
+        return;
+    };
+    let keys = Keys::of(room);
+    let _ = fleet
+        .client
+        .eval(&Script::new(RELEASE), &[&keys.owner], fleet.instance())
+        .await;
+    let _ = fleet.subscriber.unsubscribe(keys.input).await;
+}
+
+/// Gives back every lease of the shard (shutdown).
+pub async fn release_all(shard: &Shard) {
+    let Some(fleet) = shard.fleet.as_ref() else {
+        return;
+    };
+    let owned: Vec<RoomId> = fleet
+        .rooms
+        .borrow()
+        .iter()
+        .filter(|(_, r)| matches!(r, FleetRoom::Owned(_)))
+        .map(|(id, _)| id.clone())
+        .collect();
+    for room in owned {
+        release(shard, &room).await;
+    }
+}
+
+/// This instance no longer owns `room` (its append or renewal found another epoch):
+/// drop the host, keep its local members as a relay's, and register them with the owner.
+pub fn step_down(shard: &Shard, room: &RoomId, why: &str) {
+    let Some(fleet) = shard.fleet.as_ref() else {
+        return;
+    };
+    let Some(host) = shard.rooms.borrow_mut().remove(room) else {
+        return;
+    };
+    super::super::metrics::ShardMetrics::sub(&shard.metrics().rooms, 1);
+    warn!(%room, why, "stepping down: this instance no longer owns the room");
+    let members: Vec<(Origin, String)> = host
+        .local_members(shard.shards)
+        .map(|(origin, member)| (origin, member.to_owned()))
+        .collect();
+    fleet
+        .rooms
+        .borrow_mut()
+        .insert(room.clone(), FleetRoom::Loading { queued: Vec::new() });
+    let keys = Keys::of(room);
+    if let Some(me) = shard.me() {
+        let room = room.clone();
+        glommio::spawn_local(async move {
+            if let Some(fleet) = me.fleet.as_ref() {
+                let _ = fleet.subscriber.unsubscribe(keys.input).await;
+            }
+            become_relay(&me, room, members).await;
+        })
+        .detach();
+    }
+}
+
+/// Every third of the lease ttl: renew owned rooms, give back rooms the host dropped,
+/// drop relays without members, resend unanswered relayed joins, and take over rooms
+/// whose lease lapsed while we have members in them.
+pub async fn watch(shard: Rc<Shard>) {
+    let Some(fleet) = shard.fleet.as_ref() else {
+        return;
+    };
+    let period = fleet.config.lease_ttl / 3;
+    loop {
+        glommio::timer::Timer::new(period).await;
+        if shard.stopping.get() {
+            return;
+        }
+        let rooms: Vec<(RoomId, bool)> = fleet
+            .rooms
+            .borrow()
+            .iter()
+            .filter_map(|(id, r)| match r {
+                FleetRoom::Owned(_) => Some((id.clone(), true)),
+                FleetRoom::Relayed(_) => Some((id.clone(), false)),
+                FleetRoom::Loading { .. } => None,
+            })
+            .collect();
+        for (room, owned) in rooms {
+            if owned {
+                glommio::spawn_local(renew(shard.clone(), room)).detach();
+            } else {
+                relay_watch(&shard, room);
+            }
+        }
+    }
+}
+
+async fn renew(shard: Rc<Shard>, room: RoomId) {
+    let Some(fleet) = shard.fleet.as_ref() else {
+        return;
+    };
+    let keys = Keys::of(&room);
+    if !shard.rooms.borrow().contains_key(&room) {
+        // The host dropped the empty room: give the lease back.
+        fleet.rooms.borrow_mut().remove(&room);
+        release(&shard, &room).await;
+        return;
+    }
+    let Some(epoch) = fleet.owned_epoch(&room) else {
+        return;
+    };
+    let sent = Instant::now();
+    let outcome = fleet
+        .client
+        .eval(
+            &Script::new(RENEW),
+            &[&keys.owner, &keys.epoch],
+            (fleet.instance(), ttl_ms(&shard), epoch),
+        )
+        .await;
+    match outcome {
+        Ok(Value::Int(1)) => {
+            if let Some(FleetRoom::Owned(owned)) = fleet.rooms.borrow_mut().get_mut(&room) {
+                if owned.epoch == epoch {
+                    owned.lease_until = sent + fleet.config.lease_ttl;
+                }
+            }
+        }
+        Ok(_) => {
+            if fleet.owned_epoch(&room) == Some(epoch) {
+                step_down(&shard, &room, "the lease is held by another instance");
+            }
+        }
+        Err(error) => warn!(%room, cause = %error, "cannot renew the room's lease"),
+    }
+}
+
+fn relay_watch(shard: &Rc<Shard>, room: RoomId) {
+    let Some(fleet) = shard.fleet.as_ref() else {
+        return;
+    };
+    let timeout = fleet.config.relay_timeout;
+    let (empty, stale) = {
+        let mut rooms = fleet.rooms.borrow_mut();
+        let Some(FleetRoom::Relayed(relay)) = rooms.get_mut(&room) else {
+            return;
+        };
+        (relay.is_empty(), relay.unanswered_joins(timeout))
+    };
+    if empty {
+        fleet.rooms.borrow_mut().remove(&room);
+        let subscriber = fleet.subscriber.clone();
+        let channel = Keys::of(&room).output;
+        glommio::spawn_local(async move {
+            let _ = subscriber.unsubscribe(channel).await;
+        })
+        .detach();
+        return;
+    }
+    shard.relay_rejoin(&room, stale);
+    glommio::spawn_local(take_over(shard.clone(), room)).detach();
+}
+
+/// A relay with members tries the lease: it succeeds only when the owner's has lapsed.
+async fn take_over(shard: Rc<Shard>, room: RoomId) {
+    let Some(fleet) = shard.fleet.as_ref() else {
+        return;
+    };
+    let keys = Keys::of(&room);
+    let mut cmd = redis::cmd("EXISTS");
+    cmd.arg(&keys.owner);
+    if !matches!(fleet.client.query(&cmd).await, Ok(Value::Int(0))) {
+        return;
+    }
+    let members = {
+        let mut rooms = fleet.rooms.borrow_mut();
+        let Some(FleetRoom::Relayed(relay)) = rooms.get_mut(&room) else {
+            return;
+        };
+        let members = relay.take_members();
+        rooms.insert(room.clone(), FleetRoom::Loading { queued: Vec::new() });
+        members
+    };
+    info!(%room, "the room's lease lapsed: taking it over");
+    acquire(shard, room, members).await;
+}
+
+impl super::Fleet {
+    pub fn owned_epoch(&self, room: &RoomId) -> Option<u64> {
+        match self.rooms.borrow().get(room) {
+            Some(FleetRoom::Owned(owned)) => Some(owned.epoch),
+            _ => None,
+        }
+    }
+}

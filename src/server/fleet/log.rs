@@ -1,0 +1,384 @@
+//! The durable side of an owned room: every delta appended to `kasagi:{room}:log` by one
+//! script (epoch check, gap check, `XADD <tick>-0`, `PUBLISH` on `:out`), outputs to local
+//! members held until their append succeeded (durable acks), and snapshots.
+//!
+//! The fate of an append whose reply is lost (the connection broke or timed out) is
+//! unknown: it may be in the log. The owner steps down, never guesses: a new owner (maybe
+//! this instance again, with a new epoch) loads whatever the log holds, and every member
+//! gets a fresh `joined`. Ops acked before are in the log either way; ops waiting for that
+//! append get no ack (their fate is told by the state of the next `joined`).
+
+use std::time::Instant;
+
+use redis::Value;
+use tracing::warn;
+
+use super::super::encode;
+use super::super::metrics::ShardMetrics;
+use super::super::owner::{Reply, RoomHost};
+use super::super::shard::{Frames, MeshMsg, Shard};
+use super::super::telemetry::Stage;
+use super::wire::{self, AckTo, Keys, OutMsg};
+use super::writer::Job;
+use super::{lease, Fleet, FleetRoom};
+use crate::protocol::{DeltaOp, RoomId, ServerMessage, Subprotocol};
+use crate::redis::Error;
+
+/// KEYS epoch, log, out; ARGV epoch, tick, ops, acks, payload.
+/// 1 appended; 0 another epoch owns the room; -1 the log does not end at tick - 1.
+const APPEND: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+if #last > 0 then
+  local lt = tonumber(string.match(last[1][1], '^(%d+)-'))
+  if lt ~= tonumber(ARGV[2]) - 1 then return -1 end
+end
+redis.call('XADD', KEYS[2], ARGV[2] .. '-0', 'e', ARGV[1], 'd', ARGV[3], 'a', ARGV[4])
+redis.call('PUBLISH', KEYS[3], ARGV[5])
+return 1
+";
+
+/// KEYS epoch, snap, log; ARGV epoch, state, tick, trim-before. Written only while the
+/// epoch is ours and the log ends at the snapshot's tick.
+const SNAPSHOT: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
+if #last == 0 or tonumber(string.match(last[1][1], '^(%d+)-')) ~= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('HSET', KEYS[2], 'state', ARGV[2], 'tick', ARGV[3], 'epoch', ARGV[1])
+redis.call('XTRIM', KEYS[3], 'MINID', ARGV[4])
+return 1
+";
+
+/// One logged delta.
+pub struct Entry {
+    pub tick: u64,
+    pub epoch: u64,
+    pub ops: Vec<DeltaOp>,
+    pub acks: Vec<AckTo>,
+    /// The ops as stored (what `:out` carries).
+    pub raw_ops: Vec<u8>,
+}
+
+/// `XRANGE log <from>-0 <to>-0` (`to` `None`: to the end), parsed. Entries that do not
+/// parse are skipped with a warning.
+pub async fn read_log(
+    fleet: &Fleet,
+    room: &RoomId,
+    from: u64,
+    to: Option<u64>,
+) -> Result<Vec<Entry>, Error> {
+    let mut cmd = redis::cmd("XRANGE");
+    cmd.arg(Keys::of(room).log).arg(format!("{from}-0"));
+    match to {
+        Some(to) => cmd.arg(format!("{to}-0")),
+        None => cmd.arg("+"),
+    };
+    let Value::Array(items) = fleet.client.query(&cmd).await? else {
+        return Ok(Vec::new());
+    };
+    let mut entries = Vec::with_capacity(items.len());
+    for item in items {
+        match parse_entry(item) {
+            Some(entry) => entries.push(entry),
+            None => warn!(%room, "unreadable log entry skipped"),
+        }
+    }
+    Ok(entries)
+}
+
+fn parse_entry(item: Value) -> Option<Entry> {
+    let Value::Array(parts) = item else {
+        return None;
+    };
+    let mut parts = parts.into_iter();
+    let Some(Value::BulkString(id)) = parts.next() else {
+        return None;
+    };
+    let tick = std::str::from_utf8(&id)
+        .ok()?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()?;
+    let fields = match parts.next()? {
+        Value::Array(fields) => fields,
+        Value::Map(pairs) => pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => return None,
+    };
+    let (mut epoch, mut raw_ops, mut acks) = (None, None, Vec::new());
+    for pair in fields.chunks(2) {
+        if let [Value::BulkString(k), Value::BulkString(v)] = pair {
+            match k.as_slice() {
+                b"e" => epoch = std::str::from_utf8(v).ok()?.parse().ok(),
+                b"d" => raw_ops = Some(v.clone()),
+                b"a" => acks = wire::decode(v).unwrap_or_default(),
+                _ => {}
+            }
+        }
+    }
+    let raw_ops = raw_ops?;
+    let ops = wire::decode_ops(&raw_ops).ok()?;
+    Some(Entry {
+        tick,
+        epoch: epoch?,
+        ops,
+        acks,
+        raw_ops,
+    })
+}
+
+impl Shard {
+    /// Fleet mode's flush: the delta goes to the log first; local members get it, and
+    /// every answer owed, once the append succeeded (with durable acks).
+    pub(in super::super) fn fleet_flush(&self, host: &mut RoomHost) {
+        let Some(fleet) = self.fleet.as_ref() else {
+            return;
+        };
+        host.dirty = false;
+        let now = Instant::now();
+        let room_id = host.room.id().clone();
+        let Some(delta) = host.room.flush() else {
+            let tick = host.room.tick();
+            for (origin, reply) in std::mem::take(&mut host.replies) {
+                let frame = reply_frame(&room_id, reply, tick, origin.proto, self, now);
+                self.host_send(
+                    host,
+                    origin.conn.shard,
+                    MeshMsg::ToConn {
+                        conn: origin.conn.id,
+                        frame,
+                    },
+                );
+            }
+            return;
+        };
+        ShardMetrics::add(&self.metrics().deltas, 1);
+        let tick = delta.tick;
+        let epoch = delta.epoch;
+        let durable = fleet.config.durable_acks;
+        if durable {
+            host.held.in_flight.push_back(tick);
+        }
+        let mut frames: Frames = [None, None];
+        for proto in Subprotocol::ALL {
+            if host.per_proto[proto.index()] > 0 {
+                frames[proto.index()] = Some(host.delta_frame(&delta, proto));
+            }
+        }
+        let remote = self.remote_shard();
+        let targets: Vec<usize> = (0..self.shards)
+            .filter(|s| host.per_shard[*s] > 0)
+            .collect();
+        for shard in targets {
+            self.host_send(
+                host,
+                shard,
+                MeshMsg::Deliver {
+                    room: room_id.clone(),
+                    frames: frames.clone(),
+                    exclude: None,
+                    sent: now,
+                    flushed_at: Some(now),
+                },
+            );
+        }
+        let mut acks = Vec::new();
+        let mut after = Vec::new();
+        for (origin, reply) in std::mem::take(&mut host.replies) {
+            if origin.conn.shard == remote {
+                match (reply, fleet.remote_addr(origin.conn.id)) {
+                    (Reply::Ack { seq, .. }, Some((to, _))) => acks.push(AckTo {
+                        to,
+                        seq,
+                        proto: origin.proto.index() as u8,
+                    }),
+                    (Reply::Frame(frame), _) => after.push((origin.conn.id, frame)),
+                    _ => {}
+                }
+                continue;
+            }
+            let frame = reply_frame(&room_id, reply, tick, origin.proto, self, now);
+            self.host_send(
+                host,
+                origin.conn.shard,
+                MeshMsg::ToConn {
+                    conn: origin.conn.id,
+                    frame,
+                },
+            );
+        }
+        let ops = wire::encode_ops(&delta.ops);
+        let payload = wire::encode(&OutMsg::Delta {
+            tick,
+            epoch,
+            ops: serde_bytes::ByteBuf::from(ops.clone()),
+            acks: acks.clone(),
+        });
+        let keys = Keys::of(&room_id);
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(APPEND)
+            .arg(3)
+            .arg(&keys.epoch)
+            .arg(&keys.log)
+            .arg(&keys.output)
+            .arg(epoch)
+            .arg(tick)
+            .arg(ops)
+            .arg(wire::encode(&acks))
+            .arg(payload);
+        fleet.writer.push(
+            cmd,
+            Job::Append {
+                room: room_id.clone(),
+                tick,
+            },
+        );
+        for (conn, frame) in after {
+            self.send(remote, MeshMsg::ToConn { conn, frame });
+        }
+        self.maybe_snapshot(fleet, host, now);
+    }
+
+    fn maybe_snapshot(&self, fleet: &Fleet, host: &RoomHost, now: Instant) {
+        let room_id = host.room.id();
+        let tick = host.room.tick();
+        let mut rooms = fleet.rooms.borrow_mut();
+        let Some(FleetRoom::Owned(owned)) = rooms.get_mut(room_id) else {
+            return;
+        };
+        let due = tick >= owned.last_snap_tick + fleet.config.snapshot_every_ticks
+            || now.duration_since(owned.last_snap_at) >= fleet.config.snapshot_every;
+        if !due {
+            return;
+        }
+        owned.last_snap_tick = tick;
+        owned.last_snap_at = now;
+        let keep = self.config.limits.resume_window as u64;
+        let keys = Keys::of(room_id);
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(SNAPSHOT)
+            .arg(3)
+            .arg(&keys.epoch)
+            .arg(&keys.snap)
+            .arg(&keys.log)
+            .arg(host.room.epoch())
+            .arg(wire::encode_state(host.room.state()))
+            .arg(tick)
+            .arg(format!("{}-0", tick.saturating_sub(keep)));
+        fleet.writer.push(cmd, Job::Fire);
+    }
+
+    /// Sends now, or after the appends in flight when the room has some (local members
+    /// only: other instances get everything through Redis, in order already).
+    pub(in super::super) fn host_send(&self, host: &mut RoomHost, dst: usize, msg: MeshMsg) {
+        if dst < self.shards {
+            if let Some(&tick) = host.held.in_flight.back() {
+                host.held.queue.push_back((tick, dst, msg));
+                return;
+            }
+        }
+        self.send(dst, msg);
+    }
+
+    /// The reply to a queued command came back.
+    pub(super) fn fleet_job_done(&self, job: Job, reply: Result<Value, Error>) {
+        match job {
+            Job::Append { room, tick } => self.appended(&room, tick, reply),
+            Job::Relayed {
+                room,
+                origin,
+                seq,
+                join,
+            } => {
+                if let Err(error) = reply {
+                    warn!(%room, cause = %error, "relaying a request failed");
+                    self.relay_failed(&room, origin, seq, join);
+                }
+            }
+            Job::Fire => {
+                if let Err(error) = reply {
+                    warn!(cause = %error, "a Redis write failed");
+                }
+            }
+        }
+    }
+
+    fn appended(&self, room: &RoomId, tick: u64, reply: Result<Value, Error>) {
+        let why = match reply {
+            Ok(Value::Int(1)) => {
+                let released = {
+                    let mut rooms = self.rooms.borrow_mut();
+                    let Some(host) = rooms.get_mut(room) else {
+                        return;
+                    };
+                    while host.held.in_flight.front().is_some_and(|t| *t <= tick) {
+                        host.held.in_flight.pop_front();
+                    }
+                    let mut out = Vec::new();
+                    while host.held.queue.front().is_some_and(|(t, _, _)| *t <= tick) {
+                        if let Some((_, dst, msg)) = host.held.queue.pop_front() {
+                            out.push((dst, msg));
+                        }
+                    }
+                    out
+                };
+                for (dst, msg) in released {
+                    self.send(dst, msg);
+                }
+                return;
+            }
+            Ok(Value::Int(0)) => "another instance owns the room (epoch changed)".to_owned(),
+            Ok(Value::Int(-1)) => "the log does not end where this owner's history does".into(),
+            Ok(other) => format!("unexpected append reply {other:?}"),
+            Err(error) => format!("append failed, its fate is unknown: {error}"),
+        };
+        if self.rooms.borrow().contains_key(room) {
+            lease::step_down(self, room, &why);
+        }
+    }
+}
+
+fn reply_frame(
+    room: &RoomId,
+    reply: Reply,
+    tick: u64,
+    proto: Subprotocol,
+    shard: &Shard,
+    now: Instant,
+) -> bytes::Bytes {
+    match reply {
+        Reply::Ack { seq, received } => {
+            shard
+                .telemetry
+                .record(Stage::OpToFlush, now.saturating_duration_since(received));
+            encode::frame(
+                &ServerMessage::Ack {
+                    room: room.as_str(),
+                    seq,
+                    tick,
+                },
+                proto,
+            )
+        }
+        Reply::Frame(frame) => frame,
+    }
+}
+
+/// An ack frame for a member of this instance, from a delta's ack list.
+pub fn ack_frame(room: &RoomId, ack: &AckTo, tick: u64) -> bytes::Bytes {
+    let proto = if ack.proto == 1 {
+        Subprotocol::Json
+    } else {
+        Subprotocol::MsgPack
+    };
+    encode::frame(
+        &ServerMessage::Ack {
+            room: room.as_str(),
+            seq: ack.seq,
+            tick,
+        },
+        proto,
+    )
+}

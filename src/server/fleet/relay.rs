@@ -1,0 +1,615 @@
+//! The non-owner side of a room: this instance's members of a room another instance owns.
+//!
+//! Requests of local members go to the owner on `kasagi:{room}:in`, in order, through
+//! the shard's ordered writer; a request that cannot be published gets `unavailable`.
+//! What the owner publishes on `:out` is delivered: deltas to every local member shard
+//! (once per shard), the acks they carry to their connections, and answers addressed to
+//! our connections.
+//!
+//! Gap repair: Pub/Sub is at-most-once. A delta whose tick is not the next one, or a
+//! reconnect of the subscriber, makes the relay read the missing deltas from the log
+//! (`XRANGE`) before it delivers anything else; everything arriving meanwhile waits in
+//! order. When the log no longer holds them (trimmed), every local member is registered
+//! again and gets a full `joined`.
+//!
+//! Invariants: a local member gets a room's deltas in tick order without gaps or
+//! repeats; deltas of an older epoch than one already seen are dropped.
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use super::super::shard::{ConnRef, Frames, MeshMsg, Origin, Shard};
+use super::log::{ack_frame, read_log};
+use super::wire::{self, Keys, OutMsg, RemoteAddr, ToKind};
+use super::writer::Job;
+use super::FleetRoom;
+use crate::protocol::{encode_client_into, ClientMessage, RoomId, ServerMessage, Subprotocol};
+use crate::room::DeltaRecord;
+
+struct RelayMember {
+    origin: Origin,
+    member: String,
+    /// The owner answered the member's last join.
+    answered: bool,
+    sent_at: Instant,
+}
+
+/// A room relayed to another instance's owner.
+pub struct Relay {
+    members: Vec<RelayMember>,
+    per_shard: Vec<u32>,
+    per_proto: [u32; 2],
+    epoch: u64,
+    /// The last tick delivered; `None` until the first delta.
+    tick: Option<u64>,
+    repairing: bool,
+    buffered: VecDeque<OutMsg>,
+}
+
+impl Relay {
+    pub fn new(shards: usize) -> Relay {
+        Relay {
+            members: Vec::new(),
+            per_shard: vec![0; shards],
+            per_proto: [0; 2],
+            epoch: 0,
+            tick: None,
+            repairing: false,
+            buffered: VecDeque::new(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    fn add(&mut self, origin: Origin, member: String) {
+        let now = Instant::now();
+        if let Some(m) = self
+            .members
+            .iter_mut()
+            .find(|m| m.origin.conn == origin.conn)
+        {
+            m.sent_at = now;
+            m.answered = false;
+            return;
+        }
+        self.per_shard[origin.conn.shard] += 1;
+        self.per_proto[origin.proto.index()] += 1;
+        self.members.push(RelayMember {
+            origin,
+            member,
+            answered: false,
+            sent_at: now,
+        });
+    }
+
+    fn remove(&mut self, conn: ConnRef) {
+        if let Some(i) = self.members.iter().position(|m| m.origin.conn == conn) {
+            let m = self.members.remove(i);
+            self.per_shard[conn.shard] -= 1;
+            self.per_proto[m.origin.proto.index()] -= 1;
+        }
+    }
+
+    /// The members, for a take-over; the relay is left empty.
+    pub fn take_members(&mut self) -> Vec<(Origin, String)> {
+        self.per_shard.iter_mut().for_each(|c| *c = 0);
+        self.per_proto = [0; 2];
+        self.members
+            .drain(..)
+            .map(|m| (m.origin, m.member))
+            .collect()
+    }
+
+    /// Joins to send again: unanswered for longer than `timeout`.
+    pub fn unanswered_joins(&mut self, timeout: Duration) -> Vec<(Origin, String)> {
+        self.members
+            .iter()
+            .filter(|m| !m.answered && m.sent_at.elapsed() >= timeout)
+            .map(|m| (m.origin, m.member.clone()))
+            .collect()
+    }
+
+    fn rejoin_all(&self) -> Vec<(Origin, String)> {
+        self.members
+            .iter()
+            .map(|m| (m.origin, m.member.clone()))
+            .collect()
+    }
+}
+
+impl Shard {
+    fn addr_of(&self, origin: Origin) -> RemoteAddr {
+        RemoteAddr {
+            instance: self
+                .fleet
+                .as_ref()
+                .map_or_else(String::new, |f| f.instance().to_owned()),
+            shard: origin.conn.shard as u32,
+            conn: origin.conn.id,
+        }
+    }
+
+    /// A local member's request for a relayed room: published on `:in`.
+    pub(super) fn relay_request(&self, msg: MeshMsg) {
+        let Some(fleet) = self.fleet.as_ref() else {
+            return;
+        };
+        let (room, origin, member, kind, seq, join) = match msg {
+            MeshMsg::Join {
+                room,
+                origin,
+                member,
+                since,
+                epoch,
+            } => (
+                room,
+                origin,
+                member,
+                wire::InKind::Join { since, epoch },
+                None,
+                true,
+            ),
+            MeshMsg::Leave {
+                room,
+                origin,
+                reply,
+            } => (
+                room,
+                origin,
+                String::new(),
+                wire::InKind::Leave { reply },
+                None,
+                false,
+            ),
+            MeshMsg::Op {
+                room,
+                origin,
+                seq,
+                ops,
+                ..
+            } => {
+                let mut payload = Vec::new();
+                let msg = ClientMessage::Op {
+                    room: room.clone(),
+                    seq,
+                    ops,
+                };
+                encode_client_into(&msg, Subprotocol::MsgPack, &mut payload);
+                let kind = wire::InKind::Client(serde_bytes::ByteBuf::from(payload));
+                (room, origin, String::new(), kind, Some(seq), false)
+            }
+            MeshMsg::Msg { room, origin, data } => {
+                let mut payload = Vec::new();
+                let msg = ClientMessage::Msg {
+                    room: room.clone(),
+                    data,
+                };
+                encode_client_into(&msg, Subprotocol::MsgPack, &mut payload);
+                let kind = wire::InKind::Client(serde_bytes::ByteBuf::from(payload));
+                (room, origin, String::new(), kind, None, false)
+            }
+            MeshMsg::Resync { room, origin } => (
+                room,
+                origin,
+                String::new(),
+                wire::InKind::Resync,
+                None,
+                false,
+            ),
+            _ => return,
+        };
+        {
+            let mut rooms = fleet.rooms.borrow_mut();
+            if let Some(FleetRoom::Relayed(relay)) = rooms.get_mut(&room) {
+                match &kind {
+                    wire::InKind::Join { .. } => relay.add(origin, member.clone()),
+                    wire::InKind::Leave { .. } => relay.remove(origin.conn),
+                    _ => {}
+                }
+            }
+        }
+        let msg = wire::InMsg {
+            from: self.addr_of(origin),
+            proto: origin.proto.index() as u8,
+            member,
+            kind,
+        };
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(Keys::of(&room).input).arg(wire::encode(&msg));
+        fleet.writer.push(
+            cmd,
+            Job::Relayed {
+                room,
+                origin,
+                seq,
+                join,
+            },
+        );
+    }
+
+    /// A relayed request could not be published: the client gets `unavailable`.
+    pub(super) fn relay_failed(&self, room: &RoomId, origin: Origin, seq: Option<u64>, join: bool) {
+        if join {
+            if let Some(fleet) = self.fleet.as_ref() {
+                if let Some(FleetRoom::Relayed(relay)) = fleet.rooms.borrow_mut().get_mut(room) {
+                    relay.remove(origin.conn);
+                }
+            }
+        }
+        self.answer_unavailable(room, origin, seq, join);
+    }
+
+    /// Something the owner published on `:out`.
+    pub(super) fn relay_from_owner(&self, room: RoomId, payload: &[u8]) {
+        let Some(fleet) = self.fleet.as_ref() else {
+            return;
+        };
+        let Some(msg) = wire::decode::<OutMsg>(payload) else {
+            warn!(%room, "undecodable message from the owner dropped");
+            return;
+        };
+        {
+            let mut rooms = fleet.rooms.borrow_mut();
+            let Some(FleetRoom::Relayed(relay)) = rooms.get_mut(&room) else {
+                return;
+            };
+            if relay.repairing {
+                relay.buffered.push_back(msg);
+                return;
+            }
+        }
+        self.relay_process(&room, msg);
+    }
+
+    fn relay_process(&self, room: &RoomId, msg: OutMsg) {
+        let Some(fleet) = self.fleet.as_ref() else {
+            return;
+        };
+        match msg {
+            OutMsg::Delta {
+                tick,
+                epoch,
+                ops,
+                acks,
+            } => {
+                let gap_from = {
+                    let mut rooms = fleet.rooms.borrow_mut();
+                    let Some(FleetRoom::Relayed(relay)) = rooms.get_mut(room) else {
+                        return;
+                    };
+                    if epoch < relay.epoch {
+                        return;
+                    }
+                    relay.epoch = epoch;
+                    match relay.tick {
+                        Some(last) if tick <= last => return,
+                        Some(last) if tick > last + 1 => {
+                            relay.repairing = true;
+                            Some(last + 1)
+                        }
+                        _ => {
+                            relay.tick = Some(tick);
+                            None
+                        }
+                    }
+                };
+                let Some(from) = gap_from else {
+                    return self.relay_deliver_delta(room, tick, epoch, &ops, &acks);
+                };
+                if let Some(FleetRoom::Relayed(relay)) = fleet.rooms.borrow_mut().get_mut(room) {
+                    relay.buffered.push_front(OutMsg::Delta {
+                        tick,
+                        epoch,
+                        ops,
+                        acks,
+                    });
+                }
+                self.spawn_repair(room.clone(), from);
+            }
+            OutMsg::To { to, kind, frames } => {
+                if to.instance != fleet.instance() {
+                    return;
+                }
+                let conn = ConnRef {
+                    shard: to.shard as usize,
+                    id: to.conn,
+                };
+                if conn.shard >= self.shards {
+                    return;
+                }
+                let frames: Vec<bytes::Bytes> = frames
+                    .into_iter()
+                    .map(|f| bytes::Bytes::from(f.into_vec()))
+                    .collect();
+                let mut answers_join = kind == ToKind::Joined;
+                {
+                    let mut rooms = fleet.rooms.borrow_mut();
+                    if let Some(FleetRoom::Relayed(relay)) = rooms.get_mut(room) {
+                        match kind {
+                            ToKind::Joined => {
+                                if let Some(m) =
+                                    relay.members.iter_mut().find(|m| m.origin.conn == conn)
+                                {
+                                    // A second answer (a re-registration) is unasked.
+                                    answers_join = !m.answered;
+                                    m.answered = true;
+                                }
+                            }
+                            ToKind::Refused => relay.remove(conn),
+                            _ => {}
+                        }
+                    }
+                }
+                let mut frames = frames.into_iter();
+                let msg = match kind {
+                    ToKind::Joined | ToKind::Resync => MeshMsg::Joined {
+                        room: room.clone(),
+                        conn: conn.id,
+                        frames: frames.collect(),
+                        answers_join,
+                    },
+                    ToKind::Left | ToKind::Refused | ToKind::Reply => {
+                        let Some(frame) = frames.next() else {
+                            return;
+                        };
+                        match kind {
+                            ToKind::Left => MeshMsg::Left {
+                                room: room.clone(),
+                                conn: conn.id,
+                                frame,
+                            },
+                            ToKind::Refused => MeshMsg::JoinRefused {
+                                room: room.clone(),
+                                conn: conn.id,
+                                frame,
+                            },
+                            _ => MeshMsg::ToConn {
+                                conn: conn.id,
+                                frame,
+                            },
+                        }
+                    }
+                };
+                self.send(conn.shard, msg);
+            }
+            OutMsg::Deliver { frames, exclude } => {
+                let exclude = exclude
+                    .filter(|a| a.instance == fleet.instance())
+                    .map(|a| ConnRef {
+                        shard: a.shard as usize,
+                        id: a.conn,
+                    });
+                let frames: Frames = frames.map(|f| f.map(|f| bytes::Bytes::from(f.into_vec())));
+                let targets = self.relay_targets(room);
+                let now = Instant::now();
+                for shard in targets {
+                    self.send(
+                        shard,
+                        MeshMsg::Deliver {
+                            room: room.clone(),
+                            frames: frames.clone(),
+                            exclude,
+                            sent: now,
+                            flushed_at: None,
+                        },
+                    );
+                }
+            }
+            OutMsg::Owner { epoch } => {
+                let rejoins = {
+                    let mut rooms = fleet.rooms.borrow_mut();
+                    let Some(FleetRoom::Relayed(relay)) = rooms.get_mut(room) else {
+                        return;
+                    };
+                    if epoch <= relay.epoch {
+                        return;
+                    }
+                    relay.epoch = epoch;
+                    relay.members.iter_mut().for_each(|m| {
+                        m.answered = true;
+                        m.sent_at = Instant::now();
+                    });
+                    relay.rejoin_all()
+                };
+                info!(%room, epoch, "the room has a new owner: registering our members");
+                self.relay_rejoin(room, rejoins);
+            }
+        }
+    }
+
+    pub(super) fn relay_rejoin(&self, room: &RoomId, rejoins: Vec<(Origin, String)>) {
+        for (origin, member) in rejoins {
+            self.relay_request(MeshMsg::Join {
+                room: room.clone(),
+                origin,
+                member,
+                since: None,
+                epoch: None,
+            });
+        }
+    }
+
+    fn relay_targets(&self, room: &RoomId) -> Vec<usize> {
+        let Some(fleet) = self.fleet.as_ref() else {
+            return Vec::new();
+        };
+        match fleet.rooms.borrow().get(room) {
+            Some(FleetRoom::Relayed(relay)) => (0..self.shards)
+                .filter(|s| relay.per_shard[*s] > 0)
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn relay_deliver_delta(
+        &self,
+        room: &RoomId,
+        tick: u64,
+        epoch: u64,
+        ops: &[u8],
+        acks: &[wire::AckTo],
+    ) {
+        let Some(fleet) = self.fleet.as_ref() else {
+            return;
+        };
+        let ops = match wire::decode_ops(ops) {
+            Ok(ops) => ops,
+            Err(error) => {
+                warn!(%room, tick, cause = %error, "undecodable delta dropped");
+                return;
+            }
+        };
+        let wanted = match fleet.rooms.borrow().get(room) {
+            Some(FleetRoom::Relayed(relay)) => [relay.per_proto[0] > 0, relay.per_proto[1] > 0],
+            _ => return,
+        };
+        let record = DeltaRecord::new(tick, epoch, ops);
+        let frames = super::super::encode::frames(
+            &ServerMessage::Delta {
+                room: room.as_str(),
+                tick,
+                epoch,
+                ops: &record.ops,
+            },
+            wanted,
+        );
+        let now = Instant::now();
+        for shard in self.relay_targets(room) {
+            self.send(
+                shard,
+                MeshMsg::Deliver {
+                    room: room.clone(),
+                    frames: frames.clone(),
+                    exclude: None,
+                    sent: now,
+                    flushed_at: Some(now),
+                },
+            );
+        }
+        for ack in acks {
+            if ack.to.instance != fleet.instance() || ack.to.shard as usize >= self.shards {
+                continue;
+            }
+            let frame = ack_frame(room, ack, tick);
+            self.send(
+                ack.to.shard as usize,
+                MeshMsg::ToConn {
+                    conn: ack.to.conn,
+                    frame,
+                },
+            );
+        }
+    }
+
+    /// The subscriber reconnected: every relay reads what it may have missed.
+    pub(super) fn relays_repair_all(&self) {
+        let Some(fleet) = self.fleet.as_ref() else {
+            return;
+        };
+        let repairs: Vec<(RoomId, u64)> = fleet
+            .rooms
+            .borrow_mut()
+            .iter_mut()
+            .filter_map(|(id, r)| match r {
+                FleetRoom::Relayed(relay) if !relay.repairing => {
+                    let last = relay.tick?;
+                    relay.repairing = true;
+                    Some((id.clone(), last + 1))
+                }
+                _ => None,
+            })
+            .collect();
+        for (room, from) in repairs {
+            info!(%room, from, "subscriber reconnected: reading missed deltas from the log");
+            self.spawn_repair(room, from);
+        }
+    }
+
+    fn spawn_repair(&self, room: RoomId, from: u64) {
+        let Some(me) = self.me() else {
+            return;
+        };
+        glommio::spawn_local(repair(me, room, from)).detach();
+    }
+}
+
+/// Reads the log from `from` on and delivers it, then what waited meanwhile.
+async fn repair(shard: Rc<Shard>, room: RoomId, from: u64) {
+    let Some(fleet) = shard.fleet.as_ref() else {
+        return;
+    };
+    let entries = read_log(fleet, &room, from, None).await;
+    let mut rejoin = false;
+    match entries {
+        Ok(entries) => {
+            if entries.first().is_some_and(|e| e.tick != from) {
+                warn!(%room, from, "the log no longer holds the gap: full snapshots");
+                rejoin = true;
+            } else {
+                for entry in entries {
+                    let deliver = {
+                        let mut rooms = fleet.rooms.borrow_mut();
+                        let Some(FleetRoom::Relayed(relay)) = rooms.get_mut(&room) else {
+                            return;
+                        };
+                        let next = relay.tick.map_or(entry.tick, |t| t + 1);
+                        if entry.tick != next || entry.epoch < relay.epoch {
+                            false
+                        } else {
+                            relay.tick = Some(entry.tick);
+                            relay.epoch = entry.epoch;
+                            true
+                        }
+                    };
+                    if deliver {
+                        shard.relay_deliver_delta(
+                            &room,
+                            entry.tick,
+                            entry.epoch,
+                            &entry.raw_ops,
+                            &entry.acks,
+                        );
+                    }
+                }
+            }
+        }
+        Err(error) => {
+            warn!(%room, cause = %error, "gap repair failed: full snapshots");
+            rejoin = true;
+        }
+    }
+    let (buffered, rejoins) = {
+        let mut rooms = fleet.rooms.borrow_mut();
+        let Some(FleetRoom::Relayed(relay)) = rooms.get_mut(&room) else {
+            return;
+        };
+        relay.repairing = false;
+        let rejoins = if rejoin {
+            relay.tick = None;
+            relay.rejoin_all()
+        } else {
+            Vec::new()
+        };
+        (std::mem::take(&mut relay.buffered), rejoins)
+    };
+    shard.relay_rejoin(&room, rejoins);
+    for msg in buffered {
+        // A later message may start another repair: keep the rest waiting behind it.
+        let repairing = matches!(
+            fleet.rooms.borrow().get(&room),
+            Some(FleetRoom::Relayed(relay)) if relay.repairing
+        );
+        if repairing {
+            if let Some(FleetRoom::Relayed(relay)) = fleet.rooms.borrow_mut().get_mut(&room) {
+                relay.buffered.push_back(msg);
+            }
+            continue;
+        }
+        shard.relay_process(&room, msg);
+    }
+}

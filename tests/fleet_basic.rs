@@ -1,0 +1,99 @@
+//! Several instances on one Redis: one owner per room, relays, convergence, cold start.
+
+mod common;
+
+use std::time::Duration;
+
+use common::fleet::{instance, Member, RedisServer};
+use common::Enc;
+use rand::{Rng, SeedableRng};
+
+/// Clients of one room spread over three instances converge under concurrent ops: same
+/// state, gapless ticks (checked on every delta), the counter equals the sum of acked incs.
+#[test]
+fn clients_on_three_instances_converge() {
+    let redis = RedisServer::start();
+    let servers: Vec<_> = (1..=3)
+        .map(|i| instance(&redis, &format!("i{i}"), &[]))
+        .collect();
+    let room = "converge";
+    let mut members: Vec<Member> = (0..6)
+        .map(|i| {
+            let enc = if i % 2 == 0 { Enc::Msgpack } else { Enc::Json };
+            Member::join(servers[i % 3].addr(), enc, room)
+        })
+        .collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for _round in 0..40 {
+        for m in members.iter_mut() {
+            if rng.gen_bool(0.7) {
+                m.send_inc(rng.gen_range(1..5));
+            }
+        }
+        for m in members.iter_mut() {
+            while m.pump(Duration::from_millis(1)) {}
+        }
+    }
+    for m in members.iter_mut() {
+        m.settle(Duration::from_secs(10));
+    }
+    let total: i64 = members.iter().map(|m| m.acked_sum).sum();
+    let top = members.iter().map(|m| m.mirror.tick).max().unwrap_or(0);
+    for m in members.iter_mut() {
+        m.reach(top);
+    }
+    let first = members[0].mirror.state.clone();
+    for m in &members {
+        assert_eq!(m.mirror.state, first, "{} diverged", m.client.you());
+        assert_eq!(m.unavailable, 0);
+    }
+    assert_eq!(members[0].counter(), total);
+    println!(
+        "3 instances, 6 clients: {} acked ops, counter {total}, tick {top}",
+        members.iter().map(|m| m.acked).sum::<u64>()
+    );
+    // The owner is one of the instances and holds the lease.
+    let owner = redis.command(&["GET", "kasagi:{converge}:owner"]);
+    assert!(
+        owner.as_text().is_some_and(|o| o.starts_with('i')),
+        "{owner:?}"
+    );
+}
+
+/// The whole fleet and Redis (AOF on) restart: a `join` gets the last acked state back.
+#[test]
+fn state_survives_a_restart_of_the_whole_fleet() {
+    let mut redis = RedisServer::start_with(true);
+    let room = "durable";
+    let acked = {
+        let a = instance(&redis, "a1", &[]);
+        let b = instance(&redis, "b1", &[]);
+        let mut ma = Member::join(a.addr(), Enc::Msgpack, room);
+        let mut mb = Member::join(b.addr(), Enc::Json, room);
+        for i in 0..20 {
+            ma.send_inc(1);
+            if i % 2 == 0 {
+                mb.send_inc(10);
+            }
+        }
+        ma.settle(Duration::from_secs(10));
+        mb.settle(Duration::from_secs(10));
+        ma.acked_sum + mb.acked_sum
+    };
+    assert_eq!(acked, 20 + 100);
+    redis.restart();
+    let c = instance(&redis, "c1", &[]);
+    let m = Member::join(c.addr(), Enc::Msgpack, room);
+    assert_eq!(
+        m.counter(),
+        acked,
+        "state after restart: {}",
+        m.mirror.state
+    );
+    println!(
+        "after a restart of Redis and every instance: counter {} at tick {} epoch {}",
+        m.counter(),
+        m.mirror.tick,
+        m.mirror.epoch
+    );
+}
