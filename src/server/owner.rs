@@ -19,6 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
+use indexmap::IndexMap;
 
 use super::encode;
 use super::metrics::ShardMetrics;
@@ -45,7 +46,7 @@ struct Member {
 pub struct RoomHost {
     room: Room,
     /// Members in join order (the `members` list of `joined`).
-    members: Vec<(ConnRef, Member)>,
+    members: IndexMap<ConnRef, Member>,
     per_shard: Vec<u32>,
     per_proto: [u32; 2],
     /// Answers due right after the next delta, in request order.
@@ -58,7 +59,7 @@ impl RoomHost {
     fn new(room: Room, shards: usize, now: Instant) -> RoomHost {
         RoomHost {
             room,
-            members: Vec::new(),
+            members: IndexMap::new(),
             per_shard: vec![0; shards],
             per_proto: [0; 2],
             replies: Vec::new(),
@@ -68,7 +69,7 @@ impl RoomHost {
     }
 
     fn member_index(&self, conn: ConnRef) -> Option<usize> {
-        self.members.iter().position(|(c, _)| *c == conn)
+        self.members.get_index_of(&conn)
     }
 
     fn wanted(&self) -> [bool; 2] {
@@ -76,7 +77,7 @@ impl RoomHost {
     }
 
     fn member_ids(&self) -> Vec<String> {
-        self.members.iter().map(|(_, m)| m.id.clone()).collect()
+        self.members.values().map(|m| m.id.clone()).collect()
     }
 
     /// The framed encoding of a delta for one subprotocol, made once and cached.
@@ -176,13 +177,13 @@ impl Shard {
             self.flush_host(host);
         }
         if existing.is_none() {
-            host.members.push((
+            host.members.insert(
                 origin.conn,
                 Member {
                     id: member.clone(),
                     proto: origin.proto,
                 },
-            ));
+            );
             host.per_shard[origin.conn.shard] += 1;
             host.per_proto[origin.proto.index()] += 1;
             host.empty_since = None;
@@ -241,7 +242,7 @@ impl Shard {
                 if host.dirty {
                     self.flush_host(host);
                 }
-                let (conn, member) = host.members.remove(i);
+                let (conn, member) = host.members.swap_remove_index(i).expect("index just found");
                 host.per_shard[conn.shard] -= 1;
                 host.per_proto[member.proto.index()] -= 1;
                 if host.members.is_empty() {
@@ -381,7 +382,7 @@ impl Shard {
         let frames = encode::frames(
             &ServerMessage::Msg {
                 room: room_id.as_str(),
-                from: &host.members[i].1.id,
+                from: &host.members[i].id,
                 data: &data,
             },
             host.wanted(),
@@ -406,7 +407,7 @@ impl Shard {
                 room: room_id.as_str(),
                 tick: host.room.tick(),
                 epoch: host.room.epoch(),
-                you: &host.members[i].1.id,
+                you: &host.members[i].id,
                 members: &members,
                 state: Some(host.room.state()),
                 resync: true,

@@ -516,8 +516,9 @@ impl Shard {
                 }
                 let origin = self.origin(conn);
                 let member = conn.member.to_string();
-                self.route(
-                    &room.clone(),
+                let owner = self.owner_of(&room);
+                self.send(
+                    owner,
                     MeshMsg::Join {
                         room,
                         origin,
@@ -537,8 +538,9 @@ impl Shard {
                     entry.pending += 1;
                 }
                 let origin = self.origin(conn);
-                self.route(
-                    &room.clone(),
+                let owner = self.owner_of(&room);
+                self.send(
+                    owner,
                     MeshMsg::Leave {
                         room,
                         origin,
@@ -548,8 +550,9 @@ impl Shard {
             }
             ClientMessage::Op { room, seq, ops } => {
                 let origin = self.origin(conn);
-                self.route(
-                    &room.clone(),
+                let owner = self.owner_of(&room);
+                self.send(
+                    owner,
                     MeshMsg::Op {
                         room,
                         origin,
@@ -561,7 +564,8 @@ impl Shard {
             }
             ClientMessage::Msg { room, data } => {
                 let origin = self.origin(conn);
-                self.route(&room.clone(), MeshMsg::Msg { room, origin, data });
+                let owner = self.owner_of(&room);
+                self.send(owner, MeshMsg::Msg { room, origin, data });
             }
         }
     }
@@ -604,7 +608,8 @@ impl Shard {
         };
         for room in stale {
             let origin = self.origin(conn);
-            self.route(&room.clone(), MeshMsg::Resync { room, origin });
+            let owner = self.owner_of(&room);
+            self.send(owner, MeshMsg::Resync { room, origin });
         }
     }
 
