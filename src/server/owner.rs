@@ -19,6 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
+use indexmap::IndexMap;
 
 use super::encode;
 use super::fleet::Held;
@@ -46,7 +47,7 @@ struct Member {
 pub struct RoomHost {
     pub(super) room: Room,
     /// Members in join order (the `members` list of `joined`).
-    members: Vec<(ConnRef, Member)>,
+    members: IndexMap<ConnRef, Member>,
     /// Members per shard; with Redis one more slot counts members of other instances.
     pub(super) per_shard: Vec<u32>,
     pub(super) per_proto: [u32; 2],
@@ -62,7 +63,7 @@ impl RoomHost {
     pub(super) fn new(room: Room, shards: usize, now: Instant) -> RoomHost {
         RoomHost {
             room,
-            members: Vec::new(),
+            members: IndexMap::new(),
             per_shard: vec![0; shards],
             per_proto: [0; 2],
             replies: Vec::new(),
@@ -87,7 +88,7 @@ impl RoomHost {
     }
 
     fn member_index(&self, conn: ConnRef) -> Option<usize> {
-        self.members.iter().position(|(c, _)| *c == conn)
+        self.members.get_index_of(&conn)
     }
 
     fn wanted(&self) -> [bool; 2] {
@@ -95,7 +96,7 @@ impl RoomHost {
     }
 
     fn member_ids(&self) -> Vec<String> {
-        self.members.iter().map(|(_, m)| m.id.clone()).collect()
+        self.members.values().map(|m| m.id.clone()).collect()
     }
 
     /// The framed encoding of a delta for one subprotocol, made once and cached.
@@ -198,13 +199,13 @@ impl Shard {
             self.flush_host(host);
         }
         if existing.is_none() {
-            host.members.push((
+            host.members.insert(
                 origin.conn,
                 Member {
                     id: member.clone(),
                     proto: origin.proto,
                 },
-            ));
+            );
             host.per_shard[origin.conn.shard] += 1;
             host.per_proto[origin.proto.index()] += 1;
             host.empty_since = None;
@@ -264,7 +265,7 @@ impl Shard {
                 if host.dirty {
                     self.flush_host(host);
                 }
-                let (conn, member) = host.members.remove(i);
+                let (conn, member) = host.members.swap_remove_index(i).expect("index just found");
                 host.per_shard[conn.shard] -= 1;
                 host.per_proto[member.proto.index()] -= 1;
                 if host.members.is_empty() {
@@ -411,7 +412,7 @@ impl Shard {
         let frames = encode::frames(
             &ServerMessage::Msg {
                 room: room_id.as_str(),
-                from: &host.members[i].1.id,
+                from: &host.members[i].id,
                 data: &data,
             },
             host.wanted(),
@@ -436,7 +437,7 @@ impl Shard {
                 room: room_id.as_str(),
                 tick: host.room.tick(),
                 epoch: host.room.epoch(),
-                you: &host.members[i].1.id,
+                you: &host.members[i].id,
                 members: &members,
                 state: Some(host.room.state()),
                 resync: true,

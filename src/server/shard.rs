@@ -534,8 +534,9 @@ impl Shard {
                 }
                 let origin = self.origin(conn);
                 let member = conn.member.to_string();
-                self.route(
-                    &room.clone(),
+                let owner = self.owner_of(&room);
+                self.send(
+                    owner,
                     MeshMsg::Join {
                         room,
                         origin,
@@ -555,8 +556,9 @@ impl Shard {
                     entry.pending += 1;
                 }
                 let origin = self.origin(conn);
-                self.route(
-                    &room.clone(),
+                let owner = self.owner_of(&room);
+                self.send(
+                    owner,
                     MeshMsg::Leave {
                         room,
                         origin,
@@ -566,8 +568,9 @@ impl Shard {
             }
             ClientMessage::Op { room, seq, ops } => {
                 let origin = self.origin(conn);
-                self.route(
-                    &room.clone(),
+                let owner = self.owner_of(&room);
+                self.send(
+                    owner,
                     MeshMsg::Op {
                         room,
                         origin,
@@ -579,7 +582,8 @@ impl Shard {
             }
             ClientMessage::Msg { room, data } => {
                 let origin = self.origin(conn);
-                self.route(&room.clone(), MeshMsg::Msg { room, origin, data });
+                let owner = self.owner_of(&room);
+                self.send(owner, MeshMsg::Msg { room, origin, data });
             }
         }
     }
@@ -622,7 +626,8 @@ impl Shard {
         };
         for room in stale {
             let origin = self.origin(conn);
-            self.route(&room.clone(), MeshMsg::Resync { room, origin });
+            let owner = self.owner_of(&room);
+            self.send(owner, MeshMsg::Resync { room, origin });
         }
     }
 
