@@ -87,6 +87,10 @@ impl RoomHost {
             })
     }
 
+    pub(super) fn has_member(&self, conn: ConnRef) -> bool {
+        self.members.contains_key(&conn)
+    }
+
     fn member_index(&self, conn: ConnRef) -> Option<usize> {
         self.members.get_index_of(&conn)
     }

@@ -229,6 +229,8 @@ pub struct Member {
     pub acked: u64,
     pending: std::collections::BTreeMap<u64, i64>,
     pub unavailable: u64,
+    /// Unasked `left`s (the instance could not serve the room).
+    pub removed: u64,
     /// Ticks seen in deltas, in order (checked consecutive as they come).
     pub deltas: u64,
 }
@@ -246,6 +248,7 @@ impl Member {
             acked: 0,
             pending: Default::default(),
             unavailable: 0,
+            removed: 0,
             deltas: 0,
         }
     }
@@ -288,6 +291,13 @@ impl Member {
 
     pub fn pending(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Gives up on the ops still unanswered (their fate is unknown); returns their sum.
+    pub fn abandon_pending(&mut self) -> i64 {
+        let sum = self.pending.values().sum();
+        self.pending.clear();
+        sum
     }
 
     /// Handles one message; `false` when nothing came within `timeout`.
@@ -335,6 +345,7 @@ impl Member {
                 self.unavailable += 1;
             }
             Some("joined") => self.absorb_joined(&value),
+            Some("left") => self.removed += 1,
             Some("presence" | "pong" | "msg") => {}
             _ => panic!("unexpected message {value}"),
         }

@@ -379,6 +379,11 @@ pub fn step_down(shard: &Shard, room: &RoomId, why: &str) {
         .local_members(shard.shards)
         .map(|(origin, member)| (origin, member.to_owned()))
         .collect();
+    // Acks held for appends whose fate is now unknown: the clients learn it from the
+    // state of their next `joined`.
+    for (_, origin, seq) in host.held.acks.iter() {
+        shard.answer_unavailable(room, *origin, Some(*seq), false);
+    }
     fleet
         .rooms
         .borrow_mut()

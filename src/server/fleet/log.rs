@@ -199,6 +199,9 @@ impl Shard {
                 }
                 continue;
             }
+            if let (Reply::Ack { seq, .. }, true) = (&reply, durable) {
+                host.held.acks.push_back((tick, origin, *seq));
+            }
             let frame = reply_frame(&room_id, reply, tick, origin.proto, self, now);
             self.host_send(
                 host,
@@ -315,6 +318,9 @@ impl Shard {
                     };
                     while host.held.in_flight.front().is_some_and(|t| *t <= tick) {
                         host.held.in_flight.pop_front();
+                    }
+                    while host.held.acks.front().is_some_and(|(t, _, _)| *t <= tick) {
+                        host.held.acks.pop_front();
                     }
                     let mut out = Vec::new();
                     while host.held.queue.front().is_some_and(|(t, _, _)| *t <= tick) {

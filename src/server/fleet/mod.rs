@@ -83,6 +83,8 @@ pub struct Held {
     in_flight: VecDeque<u64>,
     /// Each waits for the append of its tick.
     queue: VecDeque<(u64, usize, MeshMsg)>,
+    /// The acks among them (tick, who, seq): on a step-down they become `unavailable`.
+    acks: VecDeque<(u64, Origin, u64)>,
 }
 
 /// The synthetic connections that stand for members of other instances in a host.
@@ -417,10 +419,22 @@ impl Shard {
             Some(FleetRoom::Owned(owned)) => {
                 let lapsed = Instant::now() > owned.lease_until;
                 drop(rooms);
-                if lapsed {
-                    if let MeshMsg::Op { seq, .. } = request {
-                        return self.answer_unavailable(&room, origin, Some(seq), false);
-                    }
+                let seq = match &request {
+                    MeshMsg::Op { seq, .. } => Some(*seq),
+                    _ => None,
+                };
+                if lapsed && seq.is_some() {
+                    return self.answer_unavailable(&room, origin, seq, false);
+                }
+                // The relay only forwards ops of its members: one unknown here was sent
+                // before its re-registration with this (new) owner reached us.
+                let registered = self
+                    .rooms
+                    .borrow()
+                    .get(&room)
+                    .is_some_and(|h| h.has_member(origin.conn));
+                if !registered && matches!(request, MeshMsg::Op { .. } | MeshMsg::Msg { .. }) {
+                    return self.answer_unavailable(&room, origin, seq, false);
                 }
                 self.handle(ROUTED, request);
                 if is_leave {

@@ -203,15 +203,38 @@ impl Shard {
             ),
             _ => return,
         };
-        {
+        let is_member = {
             let mut rooms = fleet.rooms.borrow_mut();
-            if let Some(FleetRoom::Relayed(relay)) = rooms.get_mut(&room) {
-                match &kind {
-                    wire::InKind::Join { .. } => relay.add(origin, member.clone()),
-                    wire::InKind::Leave { .. } => relay.remove(origin.conn),
-                    _ => {}
+            match rooms.get_mut(&room) {
+                Some(FleetRoom::Relayed(relay)) => {
+                    match &kind {
+                        wire::InKind::Join { .. } => relay.add(origin, member.clone()),
+                        wire::InKind::Leave { .. } => relay.remove(origin.conn),
+                        _ => {}
+                    }
+                    relay.members.iter().any(|m| m.origin.conn == origin.conn)
                 }
+                _ => false,
             }
+        };
+        if !is_member && matches!(kind, wire::InKind::Client(_)) {
+            // Not in the room: answered here, as the owner would.
+            let frame = super::super::encode::frame(
+                &ServerMessage::Error {
+                    code: crate::protocol::ErrorCode::NotJoined,
+                    message: "join the room first",
+                    room: Some(room.as_str()),
+                    seq,
+                },
+                origin.proto,
+            );
+            return self.send(
+                origin.conn.shard,
+                MeshMsg::ToConn {
+                    conn: origin.conn.id,
+                    frame,
+                },
+            );
         }
         let msg = wire::InMsg {
             from: self.addr_of(origin),
