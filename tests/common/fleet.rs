@@ -38,9 +38,14 @@ impl RedisServer {
 
     /// With `aof`: `appendonly yes`, `appendfsync always`, so a restart keeps every write.
     pub fn start_with(aof: bool) -> RedisServer {
+        RedisServer::start_on(free_port(), aof)
+    }
+
+    /// On a given port (one an instance already points at).
+    pub fn start_on(port: u16, aof: bool) -> RedisServer {
         let mut server = RedisServer {
             child: None,
-            port: free_port(),
+            port,
             dir: tempfile::tempdir().expect("temp dir for redis-server"),
             aof,
         };
@@ -239,8 +244,14 @@ impl Member {
     pub fn join(addr: SocketAddr, enc: Enc, room: &str) -> Member {
         let mut client = Client::connect(addr, enc);
         let joined = client.join(room);
+        Member::adopt(client, room, &joined)
+    }
+
+    /// A member from a client that just got `joined` (with the state).
+    pub fn adopt(mut client: Client, room: &str, joined: &Value) -> Member {
+        client.you = joined["you"].as_str().map(str::to_owned);
         Member {
-            mirror: Mirror::from_joined(&joined),
+            mirror: Mirror::from_joined(joined),
             client,
             room: room.to_owned(),
             next_seq: 0,

@@ -116,6 +116,19 @@ async fn acquire(shard: Rc<Shard>, room: RoomId, members: Vec<(Origin, String)>)
     }
 }
 
+/// Subscribes, waiting a little for a subscriber connection that is (re)connecting.
+async fn subscribe(fleet: &super::Fleet, channel: String) -> Result<(), Error> {
+    let patience = Instant::now() + fleet.config.relay_timeout;
+    loop {
+        match fleet.subscriber.subscribe(channel.clone()).await {
+            Err(Error::Unavailable) if Instant::now() < patience => {
+                glommio::timer::Timer::new(std::time::Duration::from_millis(50)).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
 /// Why a room could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -130,9 +143,7 @@ async fn load(shard: &Rc<Shard>, room: &RoomId, epoch: u64) -> Result<Room, Load
     let fleet = shard.fleet.as_ref().expect("fleet on");
     let keys = Keys::of(room);
     // Requests relayed from now on must reach us: subscribe before anyone learns we own it.
-    if let Err(error) = fleet.subscriber.subscribe(keys.input.clone()).await {
-        return Err(error.into());
-    }
+    subscribe(fleet, keys.input.clone()).await?;
     let mut cmd = redis::cmd("HGETALL");
     cmd.arg(&keys.snap);
     let snap = fleet.client.query(&cmd).await?;
@@ -255,7 +266,7 @@ async fn become_relay(shard: &Rc<Shard>, room: RoomId, members: Vec<(Origin, Str
         return;
     };
     let keys = Keys::of(&room);
-    if let Err(error) = fleet.subscriber.subscribe(keys.output.clone()).await {
+    if let Err(error) = subscribe(fleet, keys.output.clone()).await {
         warn!(%room, cause = %error, "cannot subscribe to the room's deltas");
         let _ = fleet.subscriber.unsubscribe(keys.output).await;
         return fail_queued(shard, &room, members);

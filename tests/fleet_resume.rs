@@ -1,0 +1,158 @@
+//! Resume through a fleet, and Redis going away and coming back.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::fleet::{free_port, instance, instance_url, Member, RedisServer};
+use common::{Client, Enc, Mirror};
+use serde_json::{json, Value};
+
+/// Sends one inc and waits for its ack: one delta each.
+fn one_delta(m: &mut Member) {
+    m.send_inc(1);
+    m.settle(Duration::from_secs(10));
+}
+
+/// A client of a relaying instance reconnects (to another instance) with `since`: a small
+/// gap gives exactly the missed deltas; one past the resume window, another epoch or a
+/// future tick give the full state.
+#[test]
+fn resume_through_a_relay_small_gap_deltas_trimmed_gap_snapshot() {
+    let redis = RedisServer::start();
+    let args = ["--resume-window", "4"];
+    let a = instance(&redis, "a", &args);
+    let b = instance(&redis, "b", &args);
+    let c = instance(&redis, "c", &args);
+    let room = "resume";
+    let mut m1 = Member::join(a.addr(), Enc::Msgpack, room);
+    for _ in 0..3 {
+        one_delta(&mut m1);
+    }
+    let m2 = Member::join(b.addr(), Enc::Json, room);
+    let (since, epoch) = (m2.mirror.tick, m2.mirror.epoch);
+    drop(m2.client);
+    for _ in 0..3 {
+        one_delta(&mut m1);
+    }
+    // Small gap, resumed on another relaying instance: exactly the three deltas.
+    let mut client = Client::connect(c.addr(), Enc::Json);
+    let joined = client.join_since(room, since, Some(epoch));
+    assert_eq!(joined["resumed"], true, "{joined}");
+    assert!(joined.get("state").is_none());
+    let mut mirror = m2.mirror.clone();
+    for k in 1..=3 {
+        let delta = client.next_of("delta");
+        assert_eq!(delta["tick"], since + k, "{delta}");
+        mirror.apply_delta(&delta).expect("applies");
+    }
+    client.assert_quiet("after the resumed deltas");
+    assert_eq!(mirror.state, m1.mirror.state);
+    println!(
+        "small gap: resumed with ticks {}..={}",
+        since + 1,
+        since + 3
+    );
+    // A gap past the window (4 deltas): the full state.
+    let since = mirror.tick;
+    drop(client);
+    for _ in 0..6 {
+        one_delta(&mut m1);
+    }
+    let mut client = Client::connect(b.addr(), Enc::Msgpack);
+    let joined = client.join_since(room, since, Some(epoch));
+    assert!(joined.get("resumed").is_none(), "{joined}");
+    assert_eq!(Mirror::from_joined(&joined).state, m1.mirror.state);
+    // Another epoch's tick, and a tick from the future: the full state too.
+    let joined = client.join_since(room, m1.mirror.tick, Some(epoch + 7));
+    assert!(joined["state"].is_object(), "{joined}");
+    let joined = client.join_since(room, m1.mirror.tick + 5, Some(epoch));
+    assert!(joined["state"].is_object(), "{joined}");
+    let joined = client.join_since(room, m1.mirror.tick, Some(epoch));
+    assert_eq!(joined["resumed"], true, "{joined}");
+    client.assert_quiet("resumed at the current tick");
+    println!(
+        "trimmed gap, other epoch, future tick: full state at tick {}",
+        m1.mirror.tick
+    );
+}
+
+/// Joins until the answer is `joined` (Redis may still be coming up), at most 10 s.
+fn join_eventually(client: &mut Client, room: &str, since: Option<(u64, u64)>) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut request = json!({"t": "join", "room": room});
+        if let Some((tick, epoch)) = since {
+            request["since"] = json!(tick);
+            request["epoch"] = json!(epoch);
+        }
+        client.send(request);
+        let (answer, _) = client.recv_until(|v| v["t"] == "joined" || v["t"] == "error");
+        if answer["t"] == "joined" {
+            return answer;
+        }
+        assert_eq!(answer["code"], "unavailable", "{answer}");
+        assert!(Instant::now() < deadline, "Redis never came back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Redis unreachable at start: joins get a clear `unavailable`; when Redis comes up the
+/// same instance serves by itself. Redis dying during a run: ops get `unavailable` (none
+/// is acked without its log entry), and once Redis is back (AOF on) the state is whole.
+#[test]
+fn redis_unavailable_at_start_and_during_a_run() {
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let a = instance_url(&url, "a", &["--relay-timeout", "300ms"]);
+    let room = "outage";
+    let mut client = Client::connect(a.addr(), Enc::Json);
+    client.send(json!({"t": "join", "room": room}));
+    let answer = client.recv();
+    assert_eq!(answer["t"], "error", "{answer}");
+    assert_eq!(answer["code"], "unavailable", "{answer}");
+    println!("no Redis: {answer}");
+    let mut redis = RedisServer::start_on(port, true);
+    let joined = join_eventually(&mut client, room, None);
+    let mut m = Member::adopt(client, room, &joined);
+    for _ in 0..5 {
+        m.send_inc(1);
+    }
+    m.settle(Duration::from_secs(10));
+    assert_eq!(m.counter(), 5);
+    redis.kill();
+    m.send_inc(100);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while m.pending() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the op got no answer without Redis"
+        );
+        m.pump(Duration::from_millis(50));
+    }
+    assert_eq!(
+        m.unavailable, 1,
+        "an op without its log entry must not be acked"
+    );
+    println!(
+        "Redis killed: the op got `unavailable`, the client {} removed",
+        m.removed
+    );
+    redis.restart();
+    let (tick, epoch) = (m.mirror.tick, m.mirror.epoch);
+    let joined = join_eventually(&mut m.client, room, Some((tick, epoch)));
+    m.mirror.reset(&joined);
+    assert_eq!(
+        m.counter(),
+        5,
+        "acked state after Redis returned: {}",
+        m.mirror.state
+    );
+    m.send_inc(1);
+    m.settle(Duration::from_secs(10));
+    assert_eq!(m.counter(), 6);
+    println!(
+        "Redis back: served again at epoch {} tick {}",
+        m.mirror.epoch, m.mirror.tick
+    );
+}
