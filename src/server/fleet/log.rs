@@ -2,11 +2,14 @@
 //! script (epoch check, gap check, `XADD <tick>-0`, `PUBLISH` on `:out`), outputs to local
 //! members held until their append succeeded (durable acks), and snapshots.
 //!
-//! The fate of an append whose reply is lost (the connection broke or timed out) is
-//! unknown: it may be in the log. The owner steps down, never guesses: a new owner (maybe
-//! this instance again, with a new epoch) loads whatever the log holds, and every member
-//! gets a fresh `joined`. Ops acked before are in the log either way; ops waiting for that
-//! append get no ack (their fate is told by the state of the next `joined`).
+//! The fate of an append whose reply is lost (Redis unreachable, the connection broke or
+//! timed out) is unknown: it may be in the log. While the lease is still ours by the local
+//! clock, every append in flight is sent again in tick order (the script answers "already
+//! there" for one that did run), so a short outage only delays deltas and acks. Past the
+//! lease the owner steps down, never guesses: a new owner (maybe this instance again, with
+//! a new epoch) loads whatever the log holds, every member gets a fresh `joined`, and ops
+//! waiting for an ack get `unavailable` (their fate is told by the state of that `joined`).
+//! An append refused by the script (another epoch, a gap) steps down at once.
 
 use std::time::Instant;
 
@@ -25,13 +28,25 @@ use crate::protocol::{DeltaOp, RoomId, ServerMessage, Subprotocol};
 use crate::redis::Error;
 
 /// KEYS epoch, log, out; ARGV epoch, tick, ops, acks, payload.
-/// 1 appended; 0 another epoch owns the room; -1 the log does not end at tick - 1.
+/// 1 appended; 2 already appended by this epoch (a resend after an unknown fate);
+/// 0 another epoch owns the room; -1 the log does not end at tick - 1.
 const APPEND: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 if #last > 0 then
   local lt = tonumber(string.match(last[1][1], '^(%d+)-'))
-  if lt ~= tonumber(ARGV[2]) - 1 then return -1 end
+  local t = tonumber(ARGV[2])
+  if lt >= t then
+    local same = redis.call('XRANGE', KEYS[2], ARGV[2] .. '-0', ARGV[2] .. '-0')
+    if #same > 0 then
+      local f = same[1][2]
+      for i = 1, #f, 2 do
+        if f[i] == 'e' and f[i + 1] == ARGV[1] then return 2 end
+      end
+    end
+    return -1
+  end
+  if lt ~= t - 1 then return -1 end
 end
 redis.call('XADD', KEYS[2], ARGV[2] .. '-0', 'e', ARGV[1], 'd', ARGV[3], 'a', ARGV[4])
 redis.call('PUBLISH', KEYS[3], ARGV[5])
@@ -158,9 +173,9 @@ impl Shard {
         let tick = delta.tick;
         let epoch = delta.epoch;
         let durable = fleet.config.durable_acks;
-        if durable {
-            host.held.in_flight.push_back(tick);
-        }
+        // In flight from now: what follows for local members waits for it (the command
+        // itself is filled in below, once the acks it carries are known).
+        host.held.in_flight.push_back((tick, redis::Cmd::new()));
         let mut frames: Frames = [None, None];
         for proto in Subprotocol::ALL {
             if host.per_proto[proto.index()] > 0 {
@@ -231,13 +246,20 @@ impl Shard {
             .arg(ops)
             .arg(wire::encode(&acks))
             .arg(payload);
-        fleet.writer.push(
-            cmd,
-            Job::Append {
-                room: room_id.clone(),
-                tick,
-            },
-        );
+        if let Some(last) = host.held.in_flight.back_mut() {
+            last.1 = cmd.clone();
+        }
+        // During a resend the append waits: it goes out behind the ones before it.
+        if !host.held.retrying {
+            fleet.writer.push(
+                cmd,
+                Job::Append {
+                    room: room_id.clone(),
+                    tick,
+                    generation: host.held.generation,
+                },
+            );
+        }
         for (conn, frame) in after {
             self.send(remote, MeshMsg::ToConn { conn, frame });
         }
@@ -276,8 +298,9 @@ impl Shard {
     /// Sends now, or after the appends in flight when the room has some (local members
     /// only: other instances get everything through Redis, in order already).
     pub(in super::super) fn host_send(&self, host: &mut RoomHost, dst: usize, msg: MeshMsg) {
-        if dst < self.shards {
-            if let Some(&tick) = host.held.in_flight.back() {
+        let durable = self.fleet.as_ref().is_some_and(|f| f.config.durable_acks);
+        if dst < self.shards && durable {
+            if let Some(&(tick, _)) = host.held.in_flight.back() {
                 host.held.queue.push_back((tick, dst, msg));
                 return;
             }
@@ -288,7 +311,11 @@ impl Shard {
     /// The reply to a queued command came back.
     pub(super) fn fleet_job_done(&self, job: Job, reply: Result<Value, Error>) {
         match job {
-            Job::Append { room, tick } => self.appended(&room, tick, reply),
+            Job::Append {
+                room,
+                tick,
+                generation,
+            } => self.appended(&room, tick, generation, reply),
             Job::Relayed {
                 room,
                 origin,
@@ -308,15 +335,24 @@ impl Shard {
         }
     }
 
-    fn appended(&self, room: &RoomId, tick: u64, reply: Result<Value, Error>) {
+    fn appended(&self, room: &RoomId, tick: u64, generation: u64, reply: Result<Value, Error>) {
+        let current = self
+            .rooms
+            .borrow()
+            .get(room)
+            .is_some_and(|h| h.held.generation == generation && !h.held.retrying);
+        if !current {
+            // A reply to appends sent again since, or of a room no longer hosted.
+            return;
+        }
         let why = match reply {
-            Ok(Value::Int(1)) => {
+            Ok(Value::Int(1 | 2)) => {
                 let released = {
                     let mut rooms = self.rooms.borrow_mut();
                     let Some(host) = rooms.get_mut(room) else {
                         return;
                     };
-                    while host.held.in_flight.front().is_some_and(|t| *t <= tick) {
+                    while host.held.in_flight.front().is_some_and(|(t, _)| *t <= tick) {
                         host.held.in_flight.pop_front();
                     }
                     while host.held.acks.front().is_some_and(|(t, _, _)| *t <= tick) {
@@ -338,7 +374,23 @@ impl Shard {
             Ok(Value::Int(0)) => "another instance owns the room (epoch changed)".to_owned(),
             Ok(Value::Int(-1)) => "the log does not end where this owner's history does".into(),
             Ok(other) => format!("unexpected append reply {other:?}"),
-            Err(error) => format!("append failed, its fate is unknown: {error}"),
+            Err(error @ Error::Server { .. }) => format!("append refused: {error}"),
+            Err(error) => {
+                // Redis unreachable: keep the room while the lease is ours and send the
+                // appends again; past the lease, step down.
+                let lease_until =
+                    self.fleet
+                        .as_ref()
+                        .and_then(|f| match f.rooms.borrow().get(room) {
+                            Some(FleetRoom::Owned(owned)) => Some(owned.lease_until),
+                            _ => None,
+                        });
+                if lease_until.is_some_and(|until| Instant::now() < until) {
+                    warn!(%room, tick, cause = %error, "append failed; sending it again");
+                    return self.schedule_resend(room);
+                }
+                format!("append failed and the lease lapsed: {error}")
+            }
         };
         if self.rooms.borrow().contains_key(room) {
             lease::step_down(self, room, &why);
@@ -388,3 +440,51 @@ pub fn ack_frame(room: &RoomId, ack: &AckTo, tick: u64) -> bytes::Bytes {
         proto,
     )
 }
+
+impl Shard {
+    /// Sends every append in flight again, in tick order, after a short pause.
+    fn schedule_resend(&self, room: &RoomId) {
+        {
+            let mut rooms = self.rooms.borrow_mut();
+            let Some(host) = rooms.get_mut(room) else {
+                return;
+            };
+            host.held.retrying = true;
+            host.held.generation += 1;
+        }
+        let Some(me) = self.me() else {
+            return;
+        };
+        let room = room.clone();
+        glommio::spawn_local(async move {
+            glommio::timer::Timer::new(RESEND_PAUSE).await;
+            me.resend(&room);
+        })
+        .detach();
+    }
+
+    fn resend(&self, room: &RoomId) {
+        let Some(fleet) = self.fleet.as_ref() else {
+            return;
+        };
+        let mut rooms = self.rooms.borrow_mut();
+        let Some(host) = rooms.get_mut(room) else {
+            return;
+        };
+        host.held.retrying = false;
+        let generation = host.held.generation;
+        for (tick, cmd) in &host.held.in_flight {
+            fleet.writer.push(
+                cmd.clone(),
+                Job::Append {
+                    room: room.clone(),
+                    tick: *tick,
+                    generation,
+                },
+            );
+        }
+    }
+}
+
+/// How long a failed append waits before it is sent again (with every one after it).
+const RESEND_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);

@@ -79,8 +79,12 @@ pub struct Owned {
 /// Outputs of an owned room held until the appends they follow are in the log.
 #[derive(Default)]
 pub struct Held {
-    /// Ticks whose append is in flight, oldest first.
-    in_flight: VecDeque<u64>,
+    /// Appends in flight, oldest first, kept to be sent again after a transient failure.
+    in_flight: VecDeque<(u64, redis::Cmd)>,
+    /// Bumped when the appends in flight are sent again: older replies are then ignored.
+    generation: u64,
+    /// A resend is scheduled: new appends wait for it (they must follow in tick order).
+    retrying: bool,
     /// Each waits for the append of its tick.
     queue: VecDeque<(u64, usize, MeshMsg)>,
     /// The acks among them (tick, who, seq): on a step-down they become `unavailable`.

@@ -24,7 +24,11 @@ use super::super::shard::{Origin, Shard};
 /// What a queued command is for, so its reply can be acted on.
 pub enum Job {
     /// The append of delta `tick` of `room`.
-    Append { room: RoomId, tick: u64 },
+    Append {
+        room: RoomId,
+        tick: u64,
+        generation: u64,
+    },
     /// A request relayed to the owner: a failure answers `unavailable`.
     Relayed {
         room: RoomId,
