@@ -14,9 +14,11 @@ use rand::{Rng, SeedableRng};
 fn clients_on_three_instances_converge() {
     let redis = RedisServer::start();
     let servers: Vec<_> = (1..=3)
-        .map(|i| instance(&redis, &format!("i{i}"), &[]))
+        .map(|i| instance(&redis, &format!("i{i}"), &["--shards", "2"]))
         .collect();
     let room = "converge";
+    // Two clients per instance: with two shards each, most land on a shard that is not
+    // the room's owner shard (the mesh inside, Redis between instances).
     let mut members: Vec<Member> = (0..6)
         .map(|i| {
             let enc = if i % 2 == 0 { Enc::Msgpack } else { Enc::Json };
