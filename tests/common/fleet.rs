@@ -234,6 +234,7 @@ pub struct Member {
     pub acked: u64,
     pending: std::collections::BTreeMap<u64, i64>,
     pub unavailable: u64,
+    unknown_sum: i64,
     /// Unasked `left`s (the instance could not serve the room).
     pub removed: u64,
     /// Ticks seen in deltas, in order (checked consecutive as they come).
@@ -259,6 +260,7 @@ impl Member {
             acked: 0,
             pending: Default::default(),
             unavailable: 0,
+            unknown_sum: 0,
             removed: 0,
             deltas: 0,
         }
@@ -311,6 +313,11 @@ impl Member {
         sum
     }
 
+    /// Ops answered `unavailable`: their fate is unknown; the sum of their incs.
+    pub fn unknown(&self) -> i64 {
+        self.unknown_sum
+    }
+
     /// Handles one message; `false` when nothing came within `timeout`.
     pub fn pump(&mut self, timeout: Duration) -> bool {
         let value = match self.client.read_event(timeout) {
@@ -351,7 +358,9 @@ impl Member {
             Some("error") => {
                 assert_eq!(value["code"], "unavailable", "unexpected error {value}");
                 if let Some(seq) = value["seq"].as_u64() {
-                    self.pending.remove(&seq);
+                    if let Some(by) = self.pending.remove(&seq) {
+                        self.unknown_sum += by;
+                    }
                 }
                 self.unavailable += 1;
             }

@@ -490,13 +490,22 @@ fn relay_watch(shard: &Rc<Shard>, room: RoomId) {
         return;
     };
     let timeout = fleet.config.relay_timeout;
-    let (empty, stale) = {
+    // An op waits for the owner's answer at most a lease (a take-over) and a relay timeout.
+    let op_timeout = fleet.config.lease_ttl + timeout;
+    let (empty, stale, overdue) = {
         let mut rooms = fleet.rooms.borrow_mut();
         let Some(FleetRoom::Relayed(relay)) = rooms.get_mut(&room) else {
             return;
         };
-        (relay.is_empty(), relay.unanswered_joins(timeout))
+        (
+            relay.is_empty(),
+            relay.unanswered_joins(timeout),
+            relay.overdue_ops(op_timeout),
+        )
     };
+    for (origin, seq) in overdue {
+        shard.answer_unavailable(&room, origin, Some(seq), false);
+    }
     if empty {
         fleet.rooms.borrow_mut().remove(&room);
         let subscriber = fleet.subscriber.clone();
@@ -522,15 +531,20 @@ async fn take_over(shard: Rc<Shard>, room: RoomId) {
     if !matches!(fleet.client.query(&cmd).await, Ok(Value::Int(0))) {
         return;
     }
-    let members = {
+    let (members, ops) = {
         let mut rooms = fleet.rooms.borrow_mut();
         let Some(FleetRoom::Relayed(relay)) = rooms.get_mut(&room) else {
             return;
         };
+        let ops = relay.take_ops();
         let members = relay.take_members();
         rooms.insert(room.clone(), FleetRoom::Loading { queued: Vec::new() });
-        members
+        (members, ops)
     };
+    // The old owner may or may not have applied them: their fate is unknown.
+    for (origin, seq) in ops {
+        shard.answer_unavailable(&room, origin, Some(seq), false);
+    }
     info!(%room, "the room's lease lapsed: taking it over");
     acquire(shard, room, members).await;
 }

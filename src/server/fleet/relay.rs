@@ -15,7 +15,7 @@
 //! Invariants: a local member gets a room's deltas in tick order without gaps or
 //! repeats; deltas of an older epoch than one already seen are dropped.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,9 @@ pub struct Relay {
     tick: Option<u64>,
     repairing: bool,
     buffered: VecDeque<OutMsg>,
+    /// Ops relayed and not answered yet, per connection in request order (answers to one
+    /// connection come back in that order): past a deadline they get `unavailable`.
+    ops: HashMap<ConnRef, VecDeque<(u64, Instant)>>,
 }
 
 impl Relay {
@@ -59,6 +62,7 @@ impl Relay {
             tick: None,
             repairing: false,
             buffered: VecDeque::new(),
+            ops: HashMap::new(),
         }
     }
 
@@ -87,12 +91,63 @@ impl Relay {
         });
     }
 
+    /// An answer for `conn`: an ack of `seq` (and so of everything before it), or the
+    /// next answer in order (`None`).
+    fn answered(&mut self, conn: ConnRef, seq: Option<u64>) {
+        let Some(queue) = self.ops.get_mut(&conn) else {
+            return;
+        };
+        match seq {
+            Some(seq) => {
+                if let Some(i) = queue.iter().position(|(s, _)| *s == seq) {
+                    queue.drain(..=i);
+                }
+            }
+            None => {
+                queue.pop_front();
+            }
+        }
+        if queue.is_empty() {
+            self.ops.remove(&conn);
+        }
+    }
+
+    /// Ops relayed longer ago than `timeout` and still unanswered; forgotten here.
+    pub fn overdue_ops(&mut self, timeout: Duration) -> Vec<(Origin, u64)> {
+        let mut overdue = Vec::new();
+        for (conn, queue) in self.ops.iter_mut() {
+            let Some(origin) = self.members.iter().find(|m| m.origin.conn == *conn) else {
+                continue;
+            };
+            while queue.front().is_some_and(|(_, at)| at.elapsed() >= timeout) {
+                if let Some((seq, _)) = queue.pop_front() {
+                    overdue.push((origin.origin, seq));
+                }
+            }
+        }
+        self.ops.retain(|conn, queue| {
+            !queue.is_empty() && self.members.iter().any(|m| m.origin.conn == *conn)
+        });
+        overdue
+    }
+
     fn remove(&mut self, conn: ConnRef) {
         if let Some(i) = self.members.iter().position(|m| m.origin.conn == conn) {
             let m = self.members.remove(i);
             self.per_shard[conn.shard] -= 1;
             self.per_proto[m.origin.proto.index()] -= 1;
         }
+    }
+
+    /// Every op still waiting for the (old) owner's answer, forgotten here.
+    pub fn take_ops(&mut self) -> Vec<(Origin, u64)> {
+        let mut ops = Vec::new();
+        for (conn, queue) in self.ops.drain() {
+            if let Some(m) = self.members.iter().find(|m| m.origin.conn == conn) {
+                ops.extend(queue.into_iter().map(|(seq, _)| (m.origin, seq)));
+            }
+        }
+        ops
     }
 
     /// The members, for a take-over; the relay is left empty.
@@ -212,7 +267,15 @@ impl Shard {
                         wire::InKind::Leave { .. } => relay.remove(origin.conn),
                         _ => {}
                     }
-                    relay.members.iter().any(|m| m.origin.conn == origin.conn)
+                    let is_member = relay.members.iter().any(|m| m.origin.conn == origin.conn);
+                    if let (Some(seq), true) = (seq, is_member) {
+                        relay
+                            .ops
+                            .entry(origin.conn)
+                            .or_default()
+                            .push_back((seq, Instant::now()));
+                    }
+                    is_member
                 }
                 _ => false,
             }
@@ -257,10 +320,13 @@ impl Shard {
 
     /// A relayed request could not be published: the client gets `unavailable`.
     pub(super) fn relay_failed(&self, room: &RoomId, origin: Origin, seq: Option<u64>, join: bool) {
-        if join {
-            if let Some(fleet) = self.fleet.as_ref() {
-                if let Some(FleetRoom::Relayed(relay)) = fleet.rooms.borrow_mut().get_mut(room) {
+        if let Some(fleet) = self.fleet.as_ref() {
+            if let Some(FleetRoom::Relayed(relay)) = fleet.rooms.borrow_mut().get_mut(room) {
+                if join {
                     relay.remove(origin.conn);
+                }
+                if seq.is_some() {
+                    relay.answered(origin.conn, seq);
                 }
             }
         }
@@ -364,6 +430,7 @@ impl Shard {
                                 }
                             }
                             ToKind::Refused => relay.remove(conn),
+                            ToKind::Reply => relay.answered(conn, None),
                             _ => {}
                         }
                     }
@@ -517,6 +584,13 @@ impl Shard {
         for ack in acks {
             if ack.to.instance != fleet.instance() || ack.to.shard as usize >= self.shards {
                 continue;
+            }
+            let conn = ConnRef {
+                shard: ack.to.shard as usize,
+                id: ack.to.conn,
+            };
+            if let Some(FleetRoom::Relayed(relay)) = fleet.rooms.borrow_mut().get_mut(room) {
+                relay.answered(conn, Some(ack.seq));
             }
             let frame = ack_frame(room, ack, tick);
             self.send(
