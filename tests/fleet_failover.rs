@@ -294,3 +294,61 @@ fn append_with_a_stolen_epoch_fails_and_the_owner_steps_down() {
         m1.mirror.epoch, m1.mirror.tick
     );
 }
+
+/// After a take-over, a client of the old epoch resumes from the log: the `joined` says
+/// `resumed`, the missed deltas (logged by the dead owner, then the new owner's) come with
+/// the new epoch, and its copy equals everyone's.
+#[test]
+fn resume_across_a_take_over_from_the_log() {
+    let redis = RedisServer::start();
+    let mut a = Some(instance(&redis, "a", &[]));
+    let b = instance(&redis, "b", &[]);
+    let room = "relog";
+    let mut m1 = Member::join(a.as_ref().expect("a").addr(), Enc::Msgpack, room);
+    let m2 = Member::join(b.addr(), Enc::Json, room);
+    let mut m3 = Member::join(b.addr(), Enc::Msgpack, room);
+    for _ in 0..2 {
+        m1.send_inc(1);
+        m1.settle(Duration::from_secs(10));
+    }
+    let mut gone = m2;
+    gone.reach(2);
+    let (since, epoch) = (gone.mirror.tick, gone.mirror.epoch);
+    drop(std::mem::replace(
+        &mut gone.client,
+        common::Client::connect(b.addr(), Enc::Json),
+    ));
+    for _ in 0..3 {
+        m1.send_inc(1);
+        m1.settle(Duration::from_secs(10));
+    }
+    drop(a.take()); // SIGKILL: b (m3's instance) takes over at the next epoch
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while m3.mirror.epoch == epoch {
+        assert!(Instant::now() < deadline, "no take-over");
+        m3.pump(Duration::from_millis(50));
+    }
+    for _ in 0..2 {
+        m3.send_inc(1);
+        m3.settle(Duration::from_secs(10));
+    }
+    let joined = gone.client.join_since(room, since, Some(epoch));
+    assert_eq!(joined["resumed"], true, "{joined}");
+    assert_eq!(joined["epoch"], m3.mirror.epoch);
+    let mut mirror = gone.mirror.clone();
+    mirror.epoch = m3.mirror.epoch;
+    while mirror.tick < m3.mirror.tick {
+        let delta = gone.client.next_of("delta");
+        assert_eq!(delta["epoch"], m3.mirror.epoch, "{delta}");
+        mirror.apply_delta(&delta).expect("consecutive");
+    }
+    assert_eq!(mirror.state, m3.mirror.state);
+    assert_eq!(m3.counter(), 7);
+    // A `since` of the right tick but another epoch is no resume.
+    let joined = gone.client.join_since(room, since, Some(epoch + 9));
+    assert!(joined["state"].is_object(), "{joined}");
+    println!(
+        "resumed from tick {since} of epoch {epoch} to tick {} of epoch {} across the take-over",
+        mirror.tick, mirror.epoch
+    );
+}

@@ -215,7 +215,11 @@ impl Shard {
             host.empty_since = None;
         }
         let members = host.member_ids();
-        let resumed = since.and_then(|since| host.room.deltas_since(since, epoch));
+        let resumed = since.and_then(|since| {
+            host.room
+                .deltas_since(since, epoch)
+                .or_else(|| self.fleet_resume(host, since, epoch?))
+        });
         let mut frames = Vec::with_capacity(1 + resumed.as_ref().map_or(0, Vec::len));
         frames.push(encode::frame(
             &ServerMessage::Joined {

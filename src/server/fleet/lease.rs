@@ -20,10 +20,10 @@ use tracing::{info, warn};
 use super::super::owner::RoomHost;
 use super::super::shard::{MeshMsg, Origin, Shard};
 use super::wire::{self, Keys, OutMsg};
-use super::{FleetRoom, Owned, Relay, ROUTED};
+use super::{FleetRoom, History, Owned, Relay, ROUTED};
 use crate::protocol::{DeltaOp, RoomId};
 use crate::redis::{Error, Script};
-use crate::room::{apply_delta_op, Room};
+use crate::room::{apply_delta_op, DeltaRecord, Room};
 use crate::value::Value as StateValue;
 
 /// KEYS owner, epoch; ARGV instance, ttl ms. The new epoch, or 0 when another holds it.
@@ -100,7 +100,9 @@ async fn acquire(shard: Rc<Shard>, room: RoomId, members: Vec<(Origin, String)>)
         Ok(Value::Int(epoch)) if epoch > 0 => {
             let started = Instant::now();
             match load(&shard, &room, epoch as u64).await {
-                Ok(room_state) => become_owner(&shard, room, room_state, started, members),
+                Ok((loaded, history)) => {
+                    become_owner(&shard, room, loaded, history, started, members)
+                }
                 Err(error) => {
                     warn!(%room, cause = %error, "loading the room failed; giving the lease back");
                     release(&shard, &room).await;
@@ -139,7 +141,7 @@ pub enum LoadError {
 }
 
 /// The snapshot, then every logged delta after it, into a room of `epoch`.
-async fn load(shard: &Rc<Shard>, room: &RoomId, epoch: u64) -> Result<Room, LoadError> {
+async fn load(shard: &Rc<Shard>, room: &RoomId, epoch: u64) -> Result<(Room, History), LoadError> {
     let fleet = shard.fleet.as_ref().expect("fleet on");
     let keys = Keys::of(room);
     // Requests relayed from now on must reach us: subscribe before anyone learns we own it.
@@ -170,25 +172,45 @@ async fn load(shard: &Rc<Shard>, room: &RoomId, epoch: u64) -> Result<Room, Load
             );
         }
     }
-    let entries = super::log::read_log(fleet, room, tick + 1, None).await?;
+    // The resume window behind the snapshot too: it is history to resume from.
+    let window = shard.config.limits.resume_window as u64;
+    let from = (tick + 1).saturating_sub(window).max(1);
+    let entries = super::log::read_log(fleet, room, from, None).await?;
+    let mut history = History::default();
     for entry in entries {
-        if entry.tick != tick + 1 {
+        if entry.tick <= tick {
+            // Before the snapshot: history only, when it leads up to the snapshot.
+            if history
+                .records
+                .last()
+                .is_some_and(|r| r.tick + 1 != entry.tick)
+            {
+                history = History::default();
+            }
+        } else if entry.tick != tick + 1 {
             break;
+        } else {
+            apply_ops(&mut state, &entry.ops);
+            tick = entry.tick;
         }
-        apply_ops(&mut state, &entry.ops);
-        tick = entry.tick;
+        history
+            .records
+            .push(Rc::new(DeltaRecord::new(entry.tick, epoch, entry.ops)));
+        history.written_in.push(entry.epoch);
     }
+    // Only a history that ends where the room starts is one.
+    if history.records.last().is_some_and(|r| r.tick != tick) {
+        history = History::default();
+    }
+    let excess = history.records.len().saturating_sub(window as usize);
+    history.records.drain(..excess);
+    history.written_in.drain(..excess);
     let StateValue::Map(map) = state else {
         return Err(LoadError::Snapshot("the state is not a map".into()));
     };
     info!(%room, epoch, tick, "room loaded from Redis");
-    Ok(Room::from_snapshot(
-        room.clone(),
-        epoch,
-        tick,
-        map,
-        shard.room_limits(),
-    ))
+    let room = Room::from_snapshot(room.clone(), epoch, tick, map, shard.room_limits());
+    Ok((room, history))
 }
 
 fn apply_ops(state: &mut StateValue, ops: &[DeltaOp]) {
@@ -211,6 +233,7 @@ fn become_owner(
     shard: &Rc<Shard>,
     room_id: RoomId,
     room: Room,
+    history: History,
     started: Instant,
     members: Vec<(Origin, String)>,
 ) {
@@ -227,6 +250,7 @@ fn become_owner(
         lease_until: started + fleet.config.lease_ttl,
         last_snap_tick: tick,
         last_snap_at: Instant::now(),
+        history,
     };
     let previous = fleet
         .rooms

@@ -11,6 +11,7 @@
 //! waiting for an ack get `unavailable` (their fate is told by the state of that `joined`).
 //! An append refused by the script (another epoch, a gap) steps down at once.
 
+use std::rc::Rc;
 use std::time::Instant;
 
 use redis::Value;
@@ -26,6 +27,7 @@ use super::writer::Job;
 use super::{lease, Fleet, FleetRoom};
 use crate::protocol::{DeltaOp, RoomId, ServerMessage, Subprotocol};
 use crate::redis::Error;
+use crate::room::DeltaRecord;
 
 /// KEYS epoch, log, out; ARGV epoch, tick, ops, acks, payload.
 /// 1 appended; 2 already appended by this epoch (a resend after an unknown fate);
@@ -442,6 +444,31 @@ pub fn ack_frame(room: &RoomId, ack: &AckTo, tick: u64) -> bytes::Bytes {
 }
 
 impl Shard {
+    /// A `since` of an earlier epoch (before a take-over): the deltas after it, when the
+    /// log this owner loaded shows tick `since` written in `epoch` and the ring still holds
+    /// everything since the load.
+    pub(in super::super) fn fleet_resume(
+        &self,
+        host: &RoomHost,
+        since: u64,
+        epoch: u64,
+    ) -> Option<Vec<Rc<DeltaRecord>>> {
+        let fleet = self.fleet.as_ref()?;
+        let rooms = fleet.rooms.borrow();
+        let Some(FleetRoom::Owned(owned)) = rooms.get(host.room.id()) else {
+            return None;
+        };
+        let history = &owned.history;
+        let at = history.records.iter().position(|r| r.tick == since)?;
+        if history.written_in[at] != epoch {
+            return None;
+        }
+        let loaded_at = history.records.last()?.tick;
+        let mut deltas: Vec<Rc<DeltaRecord>> = history.records[at + 1..].to_vec();
+        deltas.extend(host.room.deltas_since(loaded_at, None)?);
+        Some(deltas)
+    }
+
     /// Sends every append in flight again, in tick order, after a short pause.
     fn schedule_resend(&self, room: &RoomId) {
         {

@@ -74,6 +74,17 @@ pub struct Owned {
     pub lease_until: Instant,
     pub last_snap_tick: u64,
     pub last_snap_at: Instant,
+    /// The logged deltas before this owner's first tick, for resuming across a take-over.
+    pub history: History,
+}
+
+/// The tail of the log as loaded: consecutive deltas ending at the tick the owner started
+/// from, each re-stamped with the owner's epoch (a resent delta carries the current epoch)
+/// and remembered with the epoch that wrote it (a `since` must match it).
+#[derive(Default)]
+pub struct History {
+    pub records: Vec<Rc<crate::room::DeltaRecord>>,
+    pub written_in: Vec<u64>,
 }
 
 /// Outputs of an owned room held until the appends they follow are in the log.
