@@ -364,24 +364,17 @@ impl WsIo {
         let metrics = shard.metrics();
         for _ in 0..READS_PER_POLL {
             // Write whatever is queued.
-            loop {
+            {
                 let mut out = conn.out.borrow_mut();
-                let chunk = out.next_chunk(Some(&shard.telemetry));
-                if chunk.is_empty() {
-                    out.set_waker(cx.waker());
-                    break;
+                let written = out.write_with(Some(&shard.telemetry), |bytes| {
+                    Pin::new(&mut *stream).poll_write(cx, bytes)
+                });
+                match written {
+                    Poll::Ready(Ok(n)) => ShardMetrics::add(&metrics.bytes_out, n as u64),
+                    Poll::Ready(Err(_)) => return Poll::Ready(Exit::Gone),
+                    Poll::Pending => {}
                 }
-                match Pin::new(&mut *stream).poll_write(cx, chunk) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Exit::Gone),
-                    Poll::Ready(Ok(n)) => {
-                        out.advance(n);
-                        ShardMetrics::add(&metrics.bytes_out, n as u64);
-                    }
-                    Poll::Pending => {
-                        out.set_waker(cx.waker());
-                        break;
-                    }
-                }
+                out.set_waker(cx.waker());
             }
             let drained = conn.out.borrow().is_empty();
             if drained {

@@ -12,8 +12,10 @@
 //!   reading requests while they alone pass the limit, so a client that does not read its
 //!   answers cannot make the server hold more.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::task::Waker;
+use std::io;
+use std::task::{ready, Poll, Waker};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -22,6 +24,28 @@ use super::telemetry::{Recorder, Stage};
 
 /// Largest gathered write; a frame at least this big is written straight from its `Bytes`.
 pub const GATHER_BYTES: usize = 16 * 1024;
+
+thread_local! {
+    /// Every connection of a shard gathers its small frames here (one executor per thread).
+    static GATHER: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(GATHER_BYTES));
+}
+
+fn record(telemetry: Option<&Recorder>, now: Option<Instant>, q: &Queued) {
+    if let (Some(t), Some(now), Some(at)) = (telemetry, now, q.flushed_at) {
+        t.record(Stage::FlushToWrite, now.saturating_duration_since(at));
+    }
+}
+
+/// One write; a socket that takes nothing is an error, not progress.
+fn write_some(
+    write: &mut impl FnMut(&[u8]) -> Poll<io::Result<usize>>,
+    bytes: &[u8],
+) -> Poll<io::Result<usize>> {
+    match ready!(write(bytes)) {
+        Ok(0) => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+        other => Poll::Ready(other),
+    }
+}
 
 #[derive(Debug)]
 struct Queued {
@@ -126,46 +150,74 @@ impl Outbound {
         }
     }
 
-    /// The bytes to write next, gathering small frames into one buffer. Empty when idle.
-    /// Deltas taken for writing are recorded in `telemetry` (flush -> write).
-    pub fn next_chunk(&mut self, telemetry: Option<&Recorder>) -> &[u8] {
-        if self.direct.is_none() && self.committed_at >= self.committed.len() {
-            self.refill(telemetry);
-        }
-        match &self.direct {
-            Some((frame, at)) => &frame[*at..],
-            None => &self.committed[self.committed_at..],
-        }
-    }
-
-    /// Takes queued frames for the next write: small ones copied into one buffer (one
-    /// syscall for many frames), a large one on its own without a copy.
-    fn refill(&mut self, telemetry: Option<&Recorder>) {
-        let now = telemetry.and(self.queue.front()).map(|_| Instant::now());
-        let record = |q: &Queued| {
-            if let (Some(t), Some(now), Some(at)) = (telemetry, now, q.flushed_at) {
-                t.record(Stage::FlushToWrite, now.saturating_duration_since(at));
+    /// Writes queued frames through `write` (a socket's `poll_write`) until the queue is
+    /// empty (`Ready(Ok(bytes written))`) or the socket is full (`Pending`). Small frames
+    /// are gathered into the shard's scratch buffer, so one write carries many of them and
+    /// an idle connection holds no write buffer; only bytes a full socket did not take are
+    /// copied into the connection's own. Deltas handed to the socket are recorded in
+    /// `telemetry` (flush -> write).
+    pub fn write_with(
+        &mut self,
+        telemetry: Option<&Recorder>,
+        mut write: impl FnMut(&[u8]) -> Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        let mut total = 0;
+        loop {
+            if let Some((frame, at)) = &mut self.direct {
+                let n = ready!(write_some(&mut write, &frame[*at..]))?;
+                total += n;
+                *at += n;
+                if *at >= frame.len() {
+                    self.direct = None;
+                }
+                continue;
             }
-        };
-        self.committed.clear();
-        self.committed_at = 0;
-        if self.committed.capacity() > 4 * GATHER_BYTES {
-            self.committed = Vec::new();
-        }
-        while let Some(front) = self.queue.front() {
-            let len = front.frame.len();
-            if self.committed.is_empty() && len >= GATHER_BYTES {
+            if self.committed_at < self.committed.len() {
+                let n = ready!(write_some(&mut write, &self.committed[self.committed_at..]))?;
+                total += n;
+                self.committed_at += n;
+                if self.committed_at >= self.committed.len() {
+                    self.committed = Vec::new();
+                    self.committed_at = 0;
+                }
+                continue;
+            }
+            let Some(front) = self.queue.front() else {
+                return Poll::Ready(Ok(total));
+            };
+            let now = telemetry.map(|_| Instant::now());
+            if front.frame.len() >= GATHER_BYTES {
                 let q = self.take_front();
-                record(&q);
+                record(telemetry, now, &q);
                 self.direct = Some((q.frame, 0));
-                return;
+                continue;
             }
-            if !self.committed.is_empty() && self.committed.len() + len > GATHER_BYTES {
-                return;
+            let written = GATHER.with(|gather| {
+                let mut gather = gather.borrow_mut();
+                gather.clear();
+                while let Some(front) = self.queue.front() {
+                    if !gather.is_empty() && gather.len() + front.frame.len() > GATHER_BYTES {
+                        break;
+                    }
+                    let q = self.take_front();
+                    record(telemetry, now, &q);
+                    gather.extend_from_slice(&q.frame);
+                }
+                let written = match write_some(&mut write, &gather) {
+                    Poll::Ready(Ok(n)) => n,
+                    Poll::Pending => 0,
+                    Poll::Ready(Err(e)) => return Err(e),
+                };
+                if written < gather.len() {
+                    self.committed.extend_from_slice(&gather[written..]);
+                }
+                Ok(written)
+            })?;
+            total += written;
+            if written == 0 {
+                // The socket is full; what was gathered waits in `committed`.
+                return Poll::Pending;
             }
-            let q = self.take_front();
-            record(&q);
-            self.committed.extend_from_slice(&q.frame);
         }
     }
 
@@ -176,18 +228,6 @@ impl Outbound {
             self.control_bytes -= q.frame.len();
         }
         q
-    }
-
-    /// Records that `n` bytes of the last chunk were written.
-    pub fn advance(&mut self, n: usize) {
-        if let Some((frame, at)) = &mut self.direct {
-            *at += n;
-            if *at >= frame.len() {
-                self.direct = None;
-            }
-        } else {
-            self.committed_at += n;
-        }
     }
 
     /// Bytes held for this connection (queued or committed and unwritten).
@@ -202,37 +242,68 @@ impl Outbound {
 mod tests {
     use super::*;
 
-    fn drain(out: &mut Outbound) -> Vec<u8> {
+    /// Drains through a socket that takes at most `step` bytes per write and is full
+    /// every other call.
+    fn drain(out: &mut Outbound, step: usize) -> Vec<u8> {
         let mut all = Vec::new();
+        let mut full = false;
         loop {
-            let chunk = out.next_chunk(None).to_vec();
-            if chunk.is_empty() {
-                return all;
+            let polled = out.write_with(None, |bytes| {
+                full = !full;
+                if full {
+                    return Poll::Pending;
+                }
+                let n = bytes.len().min(step);
+                all.extend_from_slice(&bytes[..n]);
+                Poll::Ready(Ok(n))
+            });
+            match polled {
+                Poll::Ready(Ok(_)) if out.is_empty() => return all,
+                Poll::Ready(Ok(_)) | Poll::Pending => {}
+                Poll::Ready(Err(e)) => panic!("{e}"),
             }
-            // Write in two halves to exercise partial writes.
-            let half = chunk.len().div_ceil(2);
-            all.extend_from_slice(&chunk[..half]);
-            out.advance(half);
-            let rest = out.next_chunk(None).to_vec();
-            assert_eq!(rest, chunk[half..]);
-            all.extend_from_slice(&rest);
-            out.advance(rest.len());
         }
     }
 
     #[test]
-    fn writes_frames_in_order_gathering_small_ones() {
+    fn writes_frames_in_order_through_partial_and_blocked_writes() {
+        for step in [1, 3, 7, 1000, usize::MAX] {
+            let mut out = Outbound::new(1 << 20);
+            out.push_control(Bytes::from_static(b"ab"));
+            out.push_delta(Bytes::from_static(b"cd"), None);
+            out.push_delta(Bytes::from(vec![b'x'; GATHER_BYTES + 1]), None);
+            out.push_control(Bytes::from_static(b"ef"));
+            let mut want = b"abcd".to_vec();
+            want.extend(vec![b'x'; GATHER_BYTES + 1]);
+            want.extend_from_slice(b"ef");
+            assert_eq!(drain(&mut out, step), want, "step {step}");
+            assert!(out.is_empty());
+            assert_eq!(out.held_bytes(), 0);
+            assert_eq!(out.committed.capacity(), 0, "leftover buffer freed");
+        }
+    }
+
+    #[test]
+    fn one_write_carries_many_small_frames() {
+        let mut out = Outbound::new(1 << 20);
+        for _ in 0..100 {
+            out.push_delta(Bytes::from_static(b"0123456789"), None);
+        }
+        let mut writes = 0;
+        let polled = out.write_with(None, |bytes| {
+            writes += 1;
+            Poll::Ready(Ok(bytes.len()))
+        });
+        assert!(matches!(polled, Poll::Ready(Ok(1000))));
+        assert_eq!(writes, 1);
+    }
+
+    #[test]
+    fn a_socket_that_takes_nothing_is_an_error() {
         let mut out = Outbound::new(1 << 20);
         out.push_control(Bytes::from_static(b"ab"));
-        out.push_delta(Bytes::from_static(b"cd"), None);
-        out.push_delta(Bytes::from(vec![b'x'; GATHER_BYTES + 1]), None);
-        out.push_control(Bytes::from_static(b"ef"));
-        let mut want = b"abcd".to_vec();
-        want.extend(vec![b'x'; GATHER_BYTES + 1]);
-        want.extend_from_slice(b"ef");
-        assert_eq!(drain(&mut out), want);
-        assert!(out.is_empty());
-        assert_eq!(out.held_bytes(), 0);
+        let polled = out.write_with(None, |_| Poll::Ready(Ok(0)));
+        assert!(matches!(polled, Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::WriteZero));
     }
 
     #[test]
@@ -245,15 +316,24 @@ mod tests {
             out.push_delta(Bytes::from_static(b"d3d3"), None),
             Pushed::DroppedDeltas
         );
-        assert_eq!(drain(&mut out), b"ack");
+        assert_eq!(drain(&mut out, usize::MAX), b"ack");
     }
 
     #[test]
-    fn committed_bytes_survive_an_overflow() {
+    fn bytes_handed_to_the_writer_survive_an_overflow() {
         let mut out = Outbound::new(8);
         out.push_delta(Bytes::from_static(b"12345678"), None);
-        assert_eq!(out.next_chunk(None), b"12345678");
-        out.advance(3);
+        // The socket takes 3 bytes, then is full: 5 bytes wait in the connection.
+        let mut calls = 0;
+        let polled = out.write_with(None, |_| {
+            calls += 1;
+            if calls == 1 {
+                Poll::Ready(Ok(3))
+            } else {
+                Poll::Pending
+            }
+        });
+        assert!(polled.is_pending());
         assert_eq!(
             out.push_delta(Bytes::from_static(b"abcdefgh"), None),
             Pushed::Queued
@@ -262,7 +342,7 @@ mod tests {
             out.push_delta(Bytes::from_static(b"z"), None),
             Pushed::DroppedDeltas
         );
-        assert_eq!(drain(&mut out), b"45678");
+        assert_eq!(drain(&mut out, usize::MAX), b"45678");
     }
 
     #[test]
@@ -270,7 +350,7 @@ mod tests {
         let mut out = Outbound::new(4);
         out.push_control(Bytes::from_static(b"12345"));
         assert!(out.is_congested());
-        let _ = drain(&mut out);
+        let _ = drain(&mut out, usize::MAX);
         assert!(!out.is_congested());
     }
 }
