@@ -99,3 +99,35 @@ fn state_survives_a_restart_of_the_whole_fleet() {
         m.mirror.epoch
     );
 }
+
+/// With `--durable-acks false` deltas and acks go out before the append: clients still
+/// converge, and the log still gets every delta.
+#[test]
+fn without_durable_acks_clients_converge_and_the_log_is_complete() {
+    let redis = RedisServer::start();
+    let args = ["--durable-acks", "false"];
+    let a = instance(&redis, "a", &args);
+    let b = instance(&redis, "b", &args);
+    let room = "fast";
+    let mut m1 = Member::join(a.addr(), Enc::Msgpack, room);
+    let mut m2 = Member::join(b.addr(), Enc::Json, room);
+    for _ in 0..30 {
+        m1.send_inc(1);
+        m2.send_inc(2);
+        while m1.pump(Duration::from_millis(1)) {}
+        while m2.pump(Duration::from_millis(1)) {}
+    }
+    m1.settle(Duration::from_secs(10));
+    m2.settle(Duration::from_secs(10));
+    let top = m1.mirror.tick.max(m2.mirror.tick);
+    m1.reach(top);
+    m2.reach(top);
+    assert_eq!(m1.mirror.state, m2.mirror.state);
+    assert_eq!(m1.counter(), 90);
+    let len = redis.command(&["XLEN", "kasagi:{fast}:log"]);
+    assert_eq!(
+        len,
+        common::fleet::Resp::Int(top as i64),
+        "one log entry per tick"
+    );
+}

@@ -28,7 +28,14 @@ fn snapshots_trim_the_log_and_cold_start_replays_it() {
         let a = instance(
             &redis,
             "a",
-            &["--snapshot-every-ticks", "10", "--resume-window", "5"],
+            &[
+                "--snapshot-every-ticks",
+                "10",
+                "--snapshot-every",
+                "1h",
+                "--resume-window",
+                "5",
+            ],
         );
         let mut m = Member::join(a.addr(), Enc::Msgpack, room);
         for _ in 0..37 {

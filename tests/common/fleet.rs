@@ -279,7 +279,8 @@ impl Member {
         joined
     }
 
-    fn absorb_joined(&mut self, joined: &Value) {
+    /// Takes a `joined`: the full state, or a resume (the deltas follow).
+    pub fn absorb_joined(&mut self, joined: &Value) {
         if joined.get("state").is_some() {
             self.mirror.reset(joined);
         } else {
