@@ -362,3 +362,59 @@ fn resume_across_a_take_over_from_the_log() {
         mirror.tick, mirror.epoch
     );
 }
+
+/// A relaying instance dies: the owner drops its members (a `presence` with them as
+/// `left`), so the members list is right again.
+#[test]
+fn members_of_a_dead_instance_are_dropped() {
+    let redis = RedisServer::start();
+    let a = instance(&redis, "a", &[]);
+    let b = instance(&redis, "b", &[]);
+    let mut c = Some(instance(&redis, "c", &[]));
+    let room = "ghosts";
+    let mut m1 = common::Client::connect(a.addr(), Enc::Json);
+    m1.join(room);
+    let mut m2 = common::Client::connect(b.addr(), Enc::Json);
+    m2.join(room);
+    let mut m3 = common::Client::connect(c.as_ref().expect("c").addr(), Enc::Json);
+    let joined = m3.join(room);
+    assert_eq!(
+        joined["members"].as_array().map(Vec::len),
+        Some(3),
+        "{joined}"
+    );
+    let ghost = m3.you().to_owned();
+    // c's liveness key is up (it is written once c's Redis connection is).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.command(&["EXISTS", "kasagi:instance:c"]) != Resp::Int(1) {
+        assert!(Instant::now() < deadline, "c never wrote its liveness key");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed = Instant::now();
+    drop(c.take());
+    let (presence, _) = m1.recv_until(|v| {
+        v["t"] == "presence"
+            && v["left"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|id| id == ghost.as_str()))
+    });
+    let dropped = killed.elapsed();
+    let (_, _) = m2.recv_until(|v| v["t"] == "presence" && v["left"] == presence["left"]);
+    let mut m4 = common::Client::connect(b.addr(), Enc::Json);
+    let joined = m4.join(room);
+    let members: Vec<&str> = joined["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(!members.contains(&ghost.as_str()), "{members:?}");
+    assert_eq!(members.len(), 3, "{members:?}");
+    println!(
+        "members of the killed instance dropped after {dropped:?} (liveness key 3 s, lease ttl 1s)"
+    );
+    assert!(
+        dropped >= Duration::from_secs(2),
+        "dropped before the liveness key lapsed"
+    );
+}

@@ -87,6 +87,17 @@ impl RoomHost {
             })
     }
 
+    /// Members on pseudo shards at or above `shards` (other instances', with Redis).
+    pub(super) fn remote_members(&self, shards: usize) -> impl Iterator<Item = Origin> + '_ {
+        self.members
+            .iter()
+            .filter(move |(c, _)| c.shard >= shards)
+            .map(|(conn, m)| Origin {
+                conn: *conn,
+                proto: m.proto,
+            })
+    }
+
     pub(super) fn has_member(&self, conn: ConnRef) -> bool {
         self.members.contains_key(&conn)
     }

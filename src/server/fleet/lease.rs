@@ -459,12 +459,111 @@ pub async fn watch(shard: Rc<Shard>) {
                 FleetRoom::Loading { .. } => None,
             })
             .collect();
+        let mut any_owned = false;
         for (room, owned) in rooms {
             if owned {
+                any_owned = true;
                 glommio::spawn_local(renew(shard.clone(), room)).detach();
             } else {
                 relay_watch(&shard, room);
             }
+        }
+        if any_owned {
+            glommio::spawn_local(drop_dead_instances(shard.clone())).detach();
+        }
+    }
+}
+
+fn alive_key(instance: &str) -> String {
+    format!("kasagi:instance:{instance}")
+}
+
+/// Checks in a row an instance's liveness key must be missing before its members are
+/// dropped: a Redis restart without persistence loses the keys for a moment.
+const DEAD_AFTER_CHECKS: u32 = 3;
+
+/// Shard 0 keeps the instance's liveness key (`kasagi:instance:<id>`, 3 lease ttls).
+pub async fn alive(shard: Rc<Shard>) {
+    let Some(fleet) = shard.fleet.as_ref() else {
+        return;
+    };
+    let ttl = fleet.config.lease_ttl * 3;
+    loop {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(alive_key(fleet.instance()))
+            .arg(1)
+            .arg("PX")
+            .arg(ttl.as_millis() as u64);
+        let set = fleet.client.query(&cmd).await;
+        if shard.stopping.get() {
+            let mut cmd = redis::cmd("DEL");
+            cmd.arg(alive_key(fleet.instance()));
+            let _ = fleet.client.query(&cmd).await;
+            return;
+        }
+        // Not set (Redis not up yet): try again soon, members elsewhere depend on it.
+        let pause = if set.is_ok() {
+            fleet.config.lease_ttl / 3
+        } else {
+            std::time::Duration::from_millis(50)
+        };
+        glommio::timer::Timer::new(pause).await;
+    }
+}
+
+/// Members of instances that died stay listed in our rooms until they are dropped here
+/// (with a `presence` telling the others).
+async fn drop_dead_instances(shard: Rc<Shard>) {
+    let Some(fleet) = shard.fleet.as_ref() else {
+        return;
+    };
+    let remote: Vec<(RoomId, Origin, super::RemoteAddr)> = shard
+        .rooms
+        .borrow()
+        .iter()
+        .flat_map(|(room, host)| {
+            host.remote_members(shard.shards)
+                .filter_map(|origin| {
+                    let (addr, _) = fleet.remote_addr(origin.conn.id)?;
+                    Some((room.clone(), origin, addr))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut instances: Vec<String> = remote.iter().map(|(_, _, a)| a.instance.clone()).collect();
+    instances.sort();
+    instances.dedup();
+    let mut dead = Vec::new();
+    for instance in instances {
+        let mut cmd = redis::cmd("EXISTS");
+        cmd.arg(alive_key(&instance));
+        let Ok(Value::Int(n)) = fleet.client.query(&cmd).await else {
+            continue;
+        };
+        let mut suspects = fleet.suspects.borrow_mut();
+        if n > 0 {
+            suspects.remove(&instance);
+            continue;
+        }
+        let misses = suspects.entry(instance.clone()).or_insert(0);
+        *misses += 1;
+        if *misses >= DEAD_AFTER_CHECKS {
+            suspects.remove(&instance);
+            dead.push(instance);
+        }
+    }
+    for (room, origin, addr) in remote {
+        if dead.contains(&addr.instance) {
+            info!(%room, instance = %addr.instance, "dropping a member of a dead instance");
+            shard.handle(
+                ROUTED,
+                MeshMsg::Leave {
+                    room,
+                    origin,
+                    reply: false,
+                },
+            );
+            fleet.forget_remote(origin.conn.id);
         }
     }
 }

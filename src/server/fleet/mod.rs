@@ -121,6 +121,9 @@ pub struct Fleet {
     remotes: RefCell<Remotes>,
     /// The shard itself, for the tasks the fleet spawns.
     me: RefCell<Weak<Shard>>,
+    /// Instances with members in our rooms whose liveness key was missing, and how many
+    /// checks in a row.
+    suspects: RefCell<HashMap<String, u32>>,
 }
 
 impl Fleet {
@@ -144,6 +147,7 @@ impl Fleet {
             writer: writer::Writer::default(),
             remotes: RefCell::new(Remotes::default()),
             me: RefCell::new(Weak::new()),
+            suspects: RefCell::new(HashMap::new()),
         })
     }
 
@@ -201,6 +205,9 @@ pub fn start(shard: &Rc<Shard>) {
         .detach();
     }
     glommio::spawn_local(lease::watch(shard.clone())).detach();
+    if shard.id == 0 {
+        glommio::spawn_local(lease::alive(shard.clone())).detach();
+    }
 }
 
 impl Shard {
