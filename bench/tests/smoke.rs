@@ -40,13 +40,26 @@ fn run_bench(args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn fanout_msgpack_delivers_everything() {
-    let report = run_bench(&["fanout", "--rooms", "4", "--clients-per-room", "5", "--hz", "20"]);
+    let report = run_bench(&[
+        "fanout",
+        "--rooms",
+        "4",
+        "--clients-per-room",
+        "5",
+        "--hz",
+        "20",
+    ]);
     assert_eq!(report["ok"], true);
     let c = &report["counters"];
     assert!(c["deliveries"].as_u64().expect("deliveries") > 0);
     assert_eq!(c["deliveries"], c["expected_deliveries"]);
     assert_eq!(c["gaps"], 0);
-    assert!(report["latency"]["delivery"]["count"].as_u64().expect("count") > 0);
+    assert!(
+        report["latency"]["delivery"]["count"]
+            .as_u64()
+            .expect("count")
+            > 0
+    );
 }
 
 #[test]
@@ -65,5 +78,7 @@ fn ack_json_measures_the_echo_too() {
     assert_eq!(report["ok"], true);
     assert!(report["latency"]["ack"]["count"].as_u64().expect("acks") > 0);
     assert!(report["latency"]["echo"]["count"].as_u64().expect("echoes") > 0);
-    assert!(report["metrics"]["ack_p99_over_echo_p99"].as_f64().is_some());
+    assert!(report["metrics"]["ack_p99_over_echo_p99"]
+        .as_f64()
+        .is_some());
 }

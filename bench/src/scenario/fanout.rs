@@ -552,6 +552,11 @@ async fn send(mut p: SendPlan) {
         let seq = k + 1;
         {
             let mut st = p.state.borrow_mut();
+            // How late the generator itself is: large values mean it is the bottleneck.
+            if intended >= st.window.0 && intended < st.window.1 {
+                st.stats
+                    .record("send_lag", now_us().saturating_sub(intended));
+            }
             st.clients[p.client].pending.push_back((seq, intended));
             st.stats.add("sent_msgs", 1);
             st.stats.add("sent_ops", p.ops_per_msg as u64);

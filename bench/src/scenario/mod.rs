@@ -89,6 +89,10 @@ impl Env {
             .map(|d| d.as_millis())
             .unwrap_or(0);
         let run_id = format!("{:x}{:x}", now % 0xFFFF_FFFF, std::process::id() % 0xFFFF);
+        if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
+            // Other work on the machine skews every number: say how busy it was.
+            notes.push(format!("load average at start: {}", load.trim()));
+        }
         notes.push(format!(
             "bench on CPUs {:?} ({} shard(s)), subprotocol {}",
             bench_cpus,
