@@ -11,6 +11,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::time::Duration;
 
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
@@ -40,7 +41,14 @@ pub enum ConnError {
     },
     #[error("glommio: {0}")]
     Glommio(String),
+    #[error("no upgrade within {0:?}")]
+    HandshakeTimeout(Duration),
 }
+
+/// How long [`connect`] waits for the TCP connection and the `101` together: a server out
+/// of file descriptors leaves connections in its backlog unanswered, and a bench that
+/// waits forever for them never reports.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
@@ -51,8 +59,16 @@ pub struct Target {
     pub proto: Proto,
 }
 
-/// Opens a TCP connection and completes the upgrade.
+/// Opens a TCP connection and completes the upgrade, within [`HANDSHAKE_TIMEOUT`].
 pub async fn connect(target: &Target, nonce: u64) -> Result<(WsReader, WsWriter), ConnError> {
+    futures_lite::future::or(connect_untimed(target, nonce), async {
+        glommio::timer::sleep(HANDSHAKE_TIMEOUT).await;
+        Err(ConnError::HandshakeTimeout(HANDSHAKE_TIMEOUT))
+    })
+    .await
+}
+
+async fn connect_untimed(target: &Target, nonce: u64) -> Result<(WsReader, WsWriter), ConnError> {
     let stream = TcpStream::connect(target.addr)
         .await
         .map_err(|e| ConnError::Glommio(e.to_string()))?;

@@ -53,6 +53,35 @@ pub fn sample_process(pid: u32) -> Result<ProcSample> {
     })
 }
 
+/// Busy time (everything but idle and iowait) of the listed CPUs, summed, in seconds,
+/// from `/proc/stat`. Compared with the CPU time of the processes meant to run there, it
+/// shows how much other work (other processes, interrupts) shared those cores.
+pub fn cpus_busy_seconds(cpus: &[usize]) -> f64 {
+    let Ok(stat) = fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let mut ticks = 0u64;
+    for line in stat.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(name) = fields.next() else { continue };
+        let Some(cpu) = name
+            .strip_prefix("cpu")
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        if !cpus.contains(&cpu) {
+            continue;
+        }
+        let values: Vec<u64> = fields.filter_map(|v| v.parse().ok()).collect();
+        // user nice system idle iowait irq softirq steal (guest time is inside user).
+        let total: u64 = values.iter().take(8).sum();
+        let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
+        ticks += total.saturating_sub(idle);
+    }
+    ticks as f64 / clock_ticks_per_second()
+}
+
 fn clock_ticks_per_second() -> f64 {
     match sysconf(SysconfVar::CLK_TCK) {
         Ok(Some(ticks)) if ticks > 0 => ticks as f64,
@@ -67,6 +96,11 @@ pub fn own_cpu() -> Duration {
     };
     let tv = |t: TimeVal| Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000);
     tv(usage.user_time()) + tv(usage.system_time())
+}
+
+/// The soft `RLIMIT_NOFILE` in force (0 when it cannot be read).
+pub fn nofile_limit() -> u64 {
+    getrlimit(Resource::RLIMIT_NOFILE).map_or(0, |(soft, _)| soft)
 }
 
 /// Raises this process's `RLIMIT_NOFILE` to at least `wanted` (children inherit it). The
@@ -97,5 +131,6 @@ mod tests {
         let s = sample_process(std::process::id()).expect("own /proc");
         assert!(s.rss_kib > 0);
         assert!(s.cpu_seconds >= 0.0);
+        assert!(cpus_busy_seconds(&[0]) > 0.0);
     }
 }

@@ -29,6 +29,9 @@ pub struct Usage {
     pub bench_cpu_seconds: f64,
     pub bench_cores: usize,
     pub server: Option<ServerUsage>,
+    /// Busy seconds of the server's CPUs (when pinned) and the bench's, all work included.
+    pub server_cpus_busy: Option<f64>,
+    pub bench_cpus_busy: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -95,6 +98,31 @@ impl Report {
                 bench_share * 100.0,
                 u.bench_cores
             ));
+        }
+        // Other work on the same cores steals time and adds latency that is neither the
+        // server's nor the generator's: measure it rather than guess.
+        let others = (u.bench_cpus_busy - u.bench_cpu_seconds).max(0.0)
+            / window
+            / u.bench_cores.max(1) as f64;
+        metrics.push((
+            "bench_cores_other_load".to_owned(),
+            others,
+            "other load on the bench's cores (share)".to_owned(),
+        ));
+        if others > 0.15 {
+            warnings.push(format!("other work used {:.0}% of the bench's cores during the window: latency is unreliable", others * 100.0));
+        }
+        if let (Some(s), Some(busy)) = (&u.server, u.server_cpus_busy) {
+            let cpu = (s.after.cpu_seconds - s.before.cpu_seconds).max(0.0);
+            let others = (busy - cpu).max(0.0) / window / s.cores.max(1) as f64;
+            metrics.push((
+                "server_cores_other_load".to_owned(),
+                others,
+                "other load on the server's cores (share)".to_owned(),
+            ));
+            if others > 0.15 {
+                warnings.push(format!("other work used {:.0}% of the server's cores during the window: latency and throughput are unreliable", others * 100.0));
+            }
         }
         if let Some(s) = &u.server {
             let cpu = (s.after.cpu_seconds - s.before.cpu_seconds).max(0.0);

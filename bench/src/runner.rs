@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 use kasagi_shards::{run, RuntimeConfig};
 
-use crate::procfs::{own_cpu, ProcSample};
+use crate::procfs::{cpus_busy_seconds, own_cpu, ProcSample};
 
 pub fn clock_base() -> Instant {
     static BASE: OnceLock<Instant> = OnceLock::new();
@@ -98,6 +98,9 @@ pub struct WindowSamples {
     pub server_before: Option<ProcSample>,
     pub server_after: Option<ProcSample>,
     pub measured_seconds: f64,
+    /// Busy seconds of the server's and the bench's CPUs over the window (`/proc/stat`).
+    pub server_cpus_busy: f64,
+    pub bench_cpus_busy: f64,
 }
 
 /// Starts the sampler thread: once the shards agree on a start time it waits `warmup`,
@@ -105,9 +108,11 @@ pub struct WindowSamples {
 pub fn spawn_sampler(
     sync: Arc<Sync>,
     server_pid: Option<u32>,
+    cpus: (Vec<usize>, Vec<usize>),
     warmup: Duration,
     duration: Duration,
 ) -> JoinHandle<WindowSamples> {
+    let (server_cpus, bench_cpus) = cpus;
     std::thread::Builder::new()
         .name("bench-sampler".into())
         .spawn(move || {
@@ -126,11 +131,17 @@ pub fn spawn_sampler(
             let to = from + duration.as_micros() as u64;
             sleep_thread_until(from);
             let cpu_before = own_cpu();
+            let busy_before = (
+                cpus_busy_seconds(&server_cpus),
+                cpus_busy_seconds(&bench_cpus),
+            );
             let t0 = Instant::now();
             out.server_before = server_pid.and_then(|p| crate::procfs::sample_process(p).ok());
             sleep_thread_until(to);
             out.server_after = server_pid.and_then(|p| crate::procfs::sample_process(p).ok());
             out.bench_cpu = own_cpu().saturating_sub(cpu_before);
+            out.server_cpus_busy = cpus_busy_seconds(&server_cpus) - busy_before.0;
+            out.bench_cpus_busy = cpus_busy_seconds(&bench_cpus) - busy_before.1;
             out.measured_seconds = t0.elapsed().as_secs_f64();
             out
         })

@@ -32,6 +32,8 @@ pub struct Env {
     pub server: Option<ServerProcess>,
     pub server_shards: usize,
     pub server_cores: usize,
+    /// The server's CPUs when the bench pinned it (to watch for other load on them).
+    pub server_cpus: Vec<usize>,
     pub bench_cpus: Vec<usize>,
     pub run_id: String,
     pub notes: Vec<String>,
@@ -78,11 +80,16 @@ impl Env {
             }
             (None, None) => bail!("give --url ws://127.0.0.1:PORT/ws or --server-bin PATH"),
         };
-        let server_cores = match &common.server_cpus {
-            Some(list) => kasagi_shards::parse_cpu_list(list)
-                .map(|l| l.len())
-                .unwrap_or(server_shards),
-            None => server_shards,
+        let server_cpus = match (&common.server_cpus, &server) {
+            (Some(list), Some(_)) => {
+                kasagi_shards::parse_cpu_list(list).context("--server-cpus")?
+            }
+            _ => Vec::new(),
+        };
+        let server_cores = if server_cpus.is_empty() {
+            server_shards
+        } else {
+            server_cpus.len()
         };
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -109,6 +116,7 @@ impl Env {
             server,
             server_shards,
             server_cores,
+            server_cpus,
             bench_cpus,
             run_id,
             notes,
@@ -131,6 +139,8 @@ impl Env {
             _ => None,
         };
         Usage {
+            server_cpus_busy: (!self.server_cpus.is_empty()).then_some(samples.server_cpus_busy),
+            bench_cpus_busy: samples.bench_cpus_busy,
             window_seconds: samples.measured_seconds,
             bench_cpu_seconds: samples.bench_cpu.as_secs_f64(),
             bench_cores: self.bench_cpus.len(),
@@ -194,9 +204,11 @@ where
     F: Fn(usize) -> Fut + Send + std::marker::Sync + Clone + 'static,
     Fut: std::future::Future<Output = Stats> + 'static,
 {
+    let cpus = (env.server_cpus.clone(), env.bench_cpus.clone());
     let sampler = spawn_sampler(
         sync.clone(),
         env.server_pid(),
+        cpus,
         common.warmup,
         common.duration,
     );
