@@ -107,7 +107,7 @@ impl Report {
         metrics.push((
             "bench_cores_other_load".to_owned(),
             others,
-            "other load on the bench's cores (share)".to_owned(),
+            "other processes on the bench's cores (share)".to_owned(),
         ));
         if others > 0.15 {
             warnings.push(format!("other work used {:.0}% of the bench's cores during the window: latency is unreliable", others * 100.0));
@@ -118,7 +118,7 @@ impl Report {
             metrics.push((
                 "server_cores_other_load".to_owned(),
                 others,
-                "other load on the server's cores (share)".to_owned(),
+                "other processes on the server's cores (share)".to_owned(),
             ));
             if others > 0.15 {
                 warnings.push(format!("other work used {:.0}% of the server's cores during the window: latency and throughput are unreliable", others * 100.0));
