@@ -393,7 +393,14 @@ pub struct AckArgs {
 
 pub fn ack_main(common: &Common, args: &AckArgs) -> Result<Report> {
     let mut env = Env::setup(common, args.clients as u64 + args.echo_connections as u64)?;
-    let echo_addr = spawn_echo_server()?;
+    // The echo runs where the server runs, so both round trips cross the same cores.
+    let echo_addr = spawn_echo_server(env.server_cpus.clone())?;
+    if !env.server_cpus.is_empty() {
+        env.notes.push(format!(
+            "echo threads pinned to the server's CPUs {:?}",
+            env.server_cpus
+        ));
+    }
     let echo_conns = args.echo_connections.max(1);
     let plan = Arc::new(fanout::Plan {
         target: env.target.clone(),
@@ -467,8 +474,9 @@ pub fn ack_main(common: &Common, args: &AckArgs) -> Result<Report> {
     Ok(report)
 }
 
-/// A bare TCP echo on loopback: one thread per connection, reading and writing back.
-fn spawn_echo_server() -> Result<SocketAddr> {
+/// A bare TCP echo on loopback: one thread per connection, reading and writing back,
+/// pinned to `cpus` when given.
+fn spawn_echo_server(cpus: Vec<usize>) -> Result<SocketAddr> {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding the echo server")?;
     let addr = listener.local_addr()?;
@@ -478,9 +486,11 @@ fn spawn_echo_server() -> Result<SocketAddr> {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
                 let _ = stream.set_nodelay(true);
+                let cpus = cpus.clone();
                 let _ = std::thread::Builder::new()
                     .name("bench-echo-conn".into())
                     .spawn(move || {
+                        pin_current_thread(&cpus);
                         let mut buf = [0u8; 4096];
                         loop {
                             match stream.read(&mut buf) {
@@ -497,4 +507,18 @@ fn spawn_echo_server() -> Result<SocketAddr> {
         })
         .context("spawning the echo server")?;
     Ok(addr)
+}
+
+/// Pins the calling thread to `cpus` (nothing when empty or refused).
+fn pin_current_thread(cpus: &[usize]) {
+    use nix::sched::{sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    if cpus.is_empty() {
+        return;
+    }
+    let mut set = CpuSet::new();
+    for &cpu in cpus {
+        let _ = set.set(cpu);
+    }
+    let _ = sched_setaffinity(Pid::from_raw(0), &set);
 }
