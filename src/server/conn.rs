@@ -25,7 +25,7 @@ use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::auth::Grant;
 use super::metrics::{self, ShardMetrics};
@@ -608,6 +608,9 @@ impl Session for Echo {
 
 /// Accepts connections until the shard starts draining.
 pub async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener, mode: Mode) {
+    // Accept errors (out of descriptors, mostly) back off from 10 ms to 1 s and are logged
+    // once per episode, not once per retry.
+    let mut backoff = Duration::ZERO;
     loop {
         let accepted = async { Some(listener.accept().await) }
             .or(async {
@@ -618,15 +621,21 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener, 
         match accepted {
             None => return,
             Some(Ok(stream)) => {
+                if !backoff.is_zero() {
+                    info!(shard = shard.id, "accepting again");
+                    backoff = Duration::ZERO;
+                }
                 if let Err(err) = kasagi_shards::tune_accepted(&stream) {
                     debug!(cause = %err, "could not tune an accepted socket");
                 }
                 glommio::spawn_local(serve_socket(shard.clone(), stream, mode)).detach();
             }
             Some(Err(err)) => {
-                // Out of descriptors or a transient error: back off briefly, keep serving.
-                warn!(cause = %err, shard = shard.id, "accept failed");
-                Timer::new(Duration::from_millis(10)).await;
+                if backoff.is_zero() {
+                    warn!(cause = %err, shard = shard.id, "accept failed; backing off");
+                }
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                Timer::new(backoff).await;
             }
         }
     }
