@@ -25,7 +25,7 @@ use bytes::Bytes;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::auth::Grant;
 use super::metrics::{self, ShardMetrics};
@@ -97,9 +97,13 @@ pub enum Mode {
 }
 
 /// Serves one accepted socket to its end.
-pub async fn serve_socket(shard: Rc<Shard>, mut stream: TcpStream, mode: Mode) {
+pub async fn serve_socket(shard: Rc<Shard>, stream: TcpStream, mode: Mode) {
+    // Everything a connection holds for its life sits in one box; the handshake and the
+    // closing linger are boxed futures of their own, so they cost nothing once done.
+    // This keeps an idle connection to its stream, its state and this small future.
+    let mut stream = Box::new(stream);
     let peer = stream.peer_addr().ok();
-    let opened = match read_request(&shard, &mut stream, mode).await {
+    let opened = match Box::pin(read_request(&shard, &mut stream, mode)).await {
         Ok(opened) => opened,
         Err(err) => {
             ShardMetrics::add(&shard.metrics().handshake_refusals, 1);
@@ -117,11 +121,7 @@ pub async fn serve_socket(shard: Rc<Shard>, mut stream: TcpStream, mode: Mode) {
         Mode::Serve => shard.open_conn(proto, grant),
         Mode::Echo => Rc::new(Conn::new(0, "echo".into(), proto, usize::MAX, grant)),
     };
-    let limits = match mode {
-        Mode::Serve => ws_limits(&shard),
-        Mode::Echo => WsLimits::unlimited_for_echo(),
-    };
-    let exit = match mode {
+    let (limits, session) = match mode {
         Mode::Serve => {
             let config = &shard.config.limits;
             let bucket = TokenBucket::new(
@@ -130,19 +130,71 @@ pub async fn serve_socket(shard: Rc<Shard>, mut stream: TcpStream, mode: Mode) {
                 config.rate_abuse_limit,
                 Instant::now(),
             );
-            let mut session = RoomSession {
+            let session = Sessions::Room(RoomSession {
                 shard: shard.clone(),
                 bucket,
-            };
-            ws_loop(&shard, &mut stream, &conn, limits, rest, &mut session).await
+            });
+            (ws_limits(&shard), session)
         }
-        Mode::Echo => ws_loop(&shard, &mut stream, &conn, limits, rest, &mut Echo).await,
+        Mode::Echo => (WsLimits::unlimited_for_echo(), Sessions::Echo(Echo)),
     };
+    let mut live = Box::new(Live {
+        io: WsIo {
+            reader: Reader::new(limits),
+            pending: rest,
+            read_open: true,
+            answered_close: false,
+        },
+        session,
+    });
+    let exit = live.run(&shard, &mut stream, &conn).await;
+    drop(live);
     if let Mode::Serve = mode {
         shard.close_conn(&conn);
     }
     if let Exit::CloseSent { answered } = exit {
-        linger(&mut stream, answered).await;
+        Box::pin(linger(&mut stream, answered)).await;
+    }
+}
+
+/// A connection's state while its WebSocket is open.
+struct Live {
+    io: WsIo,
+    session: Sessions,
+}
+
+impl Live {
+    async fn run(&mut self, shard: &Shard, stream: &mut TcpStream, conn: &Rc<Conn>) -> Exit {
+        let Live { io, session } = self;
+        // Bytes that arrived with the request head are frames already.
+        if !io.pending.is_empty() {
+            let mut data = std::mem::take(&mut io.pending);
+            let consumed = io.process(shard, conn, session, &mut data);
+            io.pending = data.split_off(consumed);
+        }
+        poll_fn(|cx| io.poll(cx, shard, stream, conn, session)).await
+    }
+}
+
+/// The sessions a connection can run.
+enum Sessions {
+    Room(RoomSession),
+    Echo(Echo),
+}
+
+impl Session for Sessions {
+    fn on_message(&mut self, conn: &Rc<Conn>, opcode: Opcode, payload: &[u8]) -> Flow {
+        match self {
+            Sessions::Room(s) => s.on_message(conn, opcode, payload),
+            Sessions::Echo(s) => s.on_message(conn, opcode, payload),
+        }
+    }
+
+    fn on_drained(&mut self, conn: &Rc<Conn>) {
+        match self {
+            Sessions::Room(s) => s.on_drained(conn),
+            Sessions::Echo(s) => s.on_drained(conn),
+        }
     }
 }
 
@@ -319,30 +371,6 @@ fn route(
     }
 }
 
-/// The WebSocket loop: reads, handles, writes, until the connection ends.
-async fn ws_loop(
-    shard: &Shard,
-    stream: &mut TcpStream,
-    conn: &Rc<Conn>,
-    limits: WsLimits,
-    rest: Vec<u8>,
-    session: &mut dyn Session,
-) -> Exit {
-    let mut io = WsIo {
-        reader: Reader::new(limits),
-        pending: rest,
-        read_open: true,
-        answered_close: false,
-    };
-    // Bytes that arrived with the request head are frames already.
-    if !io.pending.is_empty() {
-        let mut data = std::mem::take(&mut io.pending);
-        let consumed = io.process(shard, conn, session, &mut data);
-        io.pending = data.split_off(consumed);
-    }
-    poll_fn(|cx| io.poll(cx, shard, stream, conn, session)).await
-}
-
 struct WsIo {
     reader: Reader,
     /// Bytes of an incomplete frame, kept until the rest arrives.
@@ -359,7 +387,7 @@ impl WsIo {
         shard: &Shard,
         stream: &mut TcpStream,
         conn: &Rc<Conn>,
-        session: &mut dyn Session,
+        session: &mut Sessions,
     ) -> Poll<Exit> {
         let metrics = shard.metrics();
         for _ in 0..READS_PER_POLL {
@@ -412,7 +440,7 @@ impl WsIo {
         shard: &Shard,
         stream: &mut TcpStream,
         conn: &Rc<Conn>,
-        session: &mut dyn Session,
+        session: &mut Sessions,
     ) -> Poll<io::Result<usize>> {
         if self.pending.is_empty() {
             return SCRATCH.with(|scratch| {
@@ -457,7 +485,7 @@ impl WsIo {
         &mut self,
         shard: &Shard,
         conn: &Rc<Conn>,
-        session: &mut dyn Session,
+        session: &mut Sessions,
         data: &mut [u8],
     ) -> usize {
         let metrics = shard.metrics();
@@ -580,6 +608,9 @@ impl Session for Echo {
 
 /// Accepts connections until the shard starts draining.
 pub async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener, mode: Mode) {
+    // Accept errors (out of descriptors, mostly) back off from 10 ms to 1 s and are logged
+    // once per episode, not once per retry.
+    let mut backoff = Duration::ZERO;
     loop {
         let accepted = async { Some(listener.accept().await) }
             .or(async {
@@ -590,15 +621,21 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener, 
         match accepted {
             None => return,
             Some(Ok(stream)) => {
+                if !backoff.is_zero() {
+                    info!(shard = shard.id, "accepting again");
+                    backoff = Duration::ZERO;
+                }
                 if let Err(err) = kasagi_shards::tune_accepted(&stream) {
                     debug!(cause = %err, "could not tune an accepted socket");
                 }
                 glommio::spawn_local(serve_socket(shard.clone(), stream, mode)).detach();
             }
             Some(Err(err)) => {
-                // Out of descriptors or a transient error: back off briefly, keep serving.
-                warn!(cause = %err, shard = shard.id, "accept failed");
-                Timer::new(Duration::from_millis(10)).await;
+                if backoff.is_zero() {
+                    warn!(cause = %err, shard = shard.id, "accept failed; backing off");
+                }
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                Timer::new(backoff).await;
             }
         }
     }

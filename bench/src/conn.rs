@@ -1,0 +1,272 @@
+//! One WebSocket client connection on a glommio executor: connect, upgrade, then a
+//! [`WsReader`] and a [`WsWriter`] that share the socket.
+//!
+//! The two halves share the `TcpStream` through an `Rc<RefCell<_>>` borrowed only inside a
+//! single `poll_*` call, never across an `.await`, so a receiver task and a sender task of
+//! one connection never conflict (glommio keeps separate read and write sources).
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+use thiserror::Error;
+
+use crate::wire::Proto;
+use crate::wsclient::{self, ClientWsError, MaskKeys, Upgrade};
+
+/// The largest frame or message the bench accepts from the server (a `joined` of a big
+/// room is about as large as the server's state limit).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+#[derive(Debug, Error)]
+pub enum ConnError {
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("websocket: {0}")]
+    Ws(#[from] ClientWsError),
+    #[error("the server closed the connection")]
+    Eof,
+    #[error("the server sent close {0:?}")]
+    Closed(Option<u16>),
+    #[error("a {got} frame on subprotocol {proto}")]
+    WrongFrameType {
+        got: &'static str,
+        proto: &'static str,
+    },
+    #[error("glommio: {0}")]
+    Glommio(String),
+    #[error("no upgrade within {0:?}")]
+    HandshakeTimeout(Duration),
+}
+
+/// How long [`connect`] waits for the TCP connection and the `101` together: a server out
+/// of file descriptors leaves connections in its backlog unanswered, and a bench that
+/// waits forever for them never reports.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub host: String,
+    pub path: String,
+    pub proto: Proto,
+}
+
+/// Opens a TCP connection and completes the upgrade, within [`HANDSHAKE_TIMEOUT`].
+pub async fn connect(target: &Target, nonce: u64) -> Result<(WsReader, WsWriter), ConnError> {
+    futures_lite::future::or(connect_untimed(target, nonce), async {
+        glommio::timer::sleep(HANDSHAKE_TIMEOUT).await;
+        Err(ConnError::HandshakeTimeout(HANDSHAKE_TIMEOUT))
+    })
+    .await
+}
+
+async fn connect_untimed(target: &Target, nonce: u64) -> Result<(WsReader, WsWriter), ConnError> {
+    let stream = TcpStream::connect(target.addr)
+        .await
+        .map_err(|e| ConnError::Glommio(e.to_string()))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| ConnError::Glommio(e.to_string()))?;
+    let stream = Rc::new(RefCell::new(stream));
+    let mut writer = WsWriter {
+        stream: stream.clone(),
+        keys: MaskKeys::new(nonce ^ 0xA5A5_5A5A_1234_8765),
+        out: Vec::with_capacity(256),
+    };
+    let mut request = Vec::with_capacity(256);
+    let upgrade: Upgrade = wsclient::write_upgrade(
+        &mut request,
+        &target.host,
+        &target.path,
+        Some(target.proto.name()),
+        nonce,
+    );
+    writer.write_raw(&request).await?;
+    let mut reader = WsReader::new(stream, target.proto);
+    loop {
+        if let Some(len) = wsclient::read_upgrade_response(reader.filled(), &upgrade)? {
+            reader.start += len;
+            break;
+        }
+        reader.fill().await?;
+    }
+    Ok((reader, writer))
+}
+
+/// The receiving half: whole messages, with control frames handled.
+pub struct WsReader {
+    stream: Rc<RefCell<TcpStream>>,
+    proto: Proto,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Payload of a fragmented message being assembled (servers rarely fragment).
+    fragments: Vec<u8>,
+    fragmented_opcode: Option<u8>,
+    /// Bytes of the last message, when it had to be assembled.
+    assembled: Vec<u8>,
+}
+
+/// A message as the bench sees it: a data payload, or the server's close.
+pub enum Incoming<'a> {
+    Data(&'a [u8]),
+    Close(Option<u16>),
+}
+
+impl WsReader {
+    fn new(stream: Rc<RefCell<TcpStream>>, proto: Proto) -> Self {
+        WsReader {
+            stream,
+            proto,
+            buf: vec![0; 2048],
+            start: 0,
+            end: 0,
+            fragments: Vec::new(),
+            fragmented_opcode: None,
+            assembled: Vec::new(),
+        }
+    }
+
+    fn filled(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Reads more bytes from the socket into the buffer (growing it when full).
+    async fn fill(&mut self) -> Result<(), ConnError> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.start > 0 && self.end == self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            let grown = (self.buf.len() * 2).min(MAX_MESSAGE_BYTES + 16);
+            if grown == self.buf.len() {
+                return Err(ClientWsError::FrameTooLarge(self.buf.len() as u64).into());
+            }
+            self.buf.resize(grown, 0);
+        }
+        let stream = &self.stream;
+        let buf = &mut self.buf[self.end..];
+        let n = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_read(cx, buf)).await?;
+        if n == 0 {
+            return Err(ConnError::Eof);
+        }
+        self.end += n;
+        Ok(())
+    }
+
+    /// The next data message or close. Pings are answered by the server's own keepalive
+    /// rules only; the bench ignores them (the server does not ping).
+    pub async fn next_message(&mut self) -> Result<Incoming<'_>, ConnError> {
+        loop {
+            let parsed = wsclient::read_frame(self.filled(), MAX_MESSAGE_BYTES as u64)?;
+            let Some((head, len)) = parsed else {
+                self.fill().await?;
+                continue;
+            };
+            let frame_start = self.start;
+            self.start += len;
+            let payload = frame_start + head.payload.start..frame_start + head.payload.end;
+            match head.opcode {
+                wsclient::OP_CLOSE => {
+                    let p = &self.buf[payload];
+                    let code = (p.len() >= 2).then(|| u16::from_be_bytes([p[0], p[1]]));
+                    return Ok(Incoming::Close(code));
+                }
+                wsclient::OP_PING | wsclient::OP_PONG => continue,
+                wsclient::OP_CONTINUATION => {
+                    self.fragments.extend_from_slice(&self.buf[payload]);
+                    if head.fin {
+                        self.fragmented_opcode = None;
+                        self.assembled = std::mem::take(&mut self.fragments);
+                        return Ok(Incoming::Data(&self.assembled));
+                    }
+                }
+                opcode => {
+                    self.check_type(opcode)?;
+                    if head.fin {
+                        return Ok(Incoming::Data(&self.buf[payload]));
+                    }
+                    self.fragmented_opcode = Some(opcode);
+                    self.fragments.clear();
+                    self.fragments.extend_from_slice(&self.buf[payload]);
+                }
+            }
+        }
+    }
+
+    fn check_type(&self, opcode: u8) -> Result<(), ConnError> {
+        let binary = opcode == wsclient::OP_BINARY;
+        if binary != self.proto.binary() {
+            return Err(ConnError::WrongFrameType {
+                got: if binary { "binary" } else { "text" },
+                proto: self.proto.name(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The sending half: each message goes out as one masked frame.
+pub struct WsWriter {
+    stream: Rc<RefCell<TcpStream>>,
+    keys: MaskKeys,
+    out: Vec<u8>,
+}
+
+impl WsWriter {
+    /// Sends one message: `encode` appends its payload to the buffer it is given.
+    pub async fn send_with(
+        &mut self,
+        proto: Proto,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), ConnError> {
+        let mut payload = std::mem::take(&mut self.out);
+        payload.clear();
+        encode(&mut payload);
+        let opcode = if proto.binary() {
+            wsclient::OP_BINARY
+        } else {
+            wsclient::OP_TEXT
+        };
+        let mut frame = Vec::with_capacity(payload.len() + 14);
+        wsclient::write_frame(&mut frame, opcode, &payload, self.keys.next_key());
+        self.out = payload;
+        self.write_raw(&frame).await
+    }
+
+    /// Sends a close frame with `code` (1000: normal).
+    pub async fn close(&mut self, code: u16) -> Result<(), ConnError> {
+        let mut frame = Vec::with_capacity(8);
+        wsclient::write_frame(
+            &mut frame,
+            wsclient::OP_CLOSE,
+            &code.to_be_bytes(),
+            self.keys.next_key(),
+        );
+        self.write_raw(&frame).await
+    }
+
+    async fn write_raw(&mut self, mut bytes: &[u8]) -> Result<(), ConnError> {
+        let stream = &self.stream;
+        while !bytes.is_empty() {
+            let n = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_write(cx, bytes)).await?;
+            if n == 0 {
+                return Err(ConnError::Eof);
+            }
+            bytes = &bytes[n..];
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,84 @@
+//! Smoke test: the bench's `fanout` and `ack` scenarios against the real server binary,
+//! for about a second each, must finish with correctness OK and a JSON line.
+//!
+//! The server binary is `KASAGI_BIN` when set, otherwise `<workspace>/target/debug/kasagi`
+//! (the workspace build makes it before tests run; `CARGO_TARGET_DIR` is honoured).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn server_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("KASAGI_BIN") {
+        return PathBuf::from(bin);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("debug/kasagi")
+}
+
+fn run_bench(args: &[&str]) -> serde_json::Value {
+    let bin = server_bin();
+    assert!(
+        bin.exists(),
+        "server binary {} is missing: build the workspace first (cargo build --workspace) or set KASAGI_BIN",
+        bin.display()
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_kasagi-bench"))
+        .args(args)
+        .arg("--server-bin")
+        .arg(&bin)
+        .args(["--duration", "1s", "--warmup", "500ms", "--drain", "2s"])
+        .output()
+        .expect("running kasagi-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    let last = stdout.lines().last().expect("a JSON line");
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("bad JSON line {last:?}: {e}"))
+}
+
+#[test]
+fn fanout_msgpack_delivers_everything() {
+    let report = run_bench(&[
+        "fanout",
+        "--rooms",
+        "4",
+        "--clients-per-room",
+        "5",
+        "--hz",
+        "20",
+    ]);
+    assert_eq!(report["ok"], true);
+    let c = &report["counters"];
+    assert!(c["deliveries"].as_u64().expect("deliveries") > 0);
+    assert_eq!(c["deliveries"], c["expected_deliveries"]);
+    assert_eq!(c["gaps"], 0);
+    assert!(
+        report["latency"]["delivery"]["count"]
+            .as_u64()
+            .expect("count")
+            > 0
+    );
+}
+
+#[test]
+fn ack_json_measures_the_echo_too() {
+    let report = run_bench(&[
+        "ack",
+        "--proto",
+        "json",
+        "--clients",
+        "5",
+        "--hz",
+        "20",
+        "--echo-connections",
+        "2",
+    ]);
+    assert_eq!(report["ok"], true);
+    assert!(report["latency"]["ack"]["count"].as_u64().expect("acks") > 0);
+    assert!(report["latency"]["echo"]["count"].as_u64().expect("echoes") > 0);
+    assert!(report["metrics"]["ack_p99_over_echo_p99"]
+        .as_f64()
+        .is_some());
+}
