@@ -70,7 +70,9 @@ impl Relay {
         self.members.is_empty()
     }
 
-    fn add(&mut self, origin: Origin, member: String) {
+    /// A join sent for `origin`: `fresh` for the client's own, not for a re-registration
+    /// (whose answer is unasked for a member answered before).
+    fn add(&mut self, origin: Origin, member: String, fresh: bool) {
         let now = Instant::now();
         if let Some(m) = self
             .members
@@ -78,7 +80,7 @@ impl Relay {
             .find(|m| m.origin.conn == origin.conn)
         {
             m.sent_at = now;
-            m.answered = false;
+            m.answered &= !fresh;
             return;
         }
         self.per_shard[origin.conn.shard] += 1;
@@ -191,6 +193,10 @@ impl Shard {
 
     /// A local member's request for a relayed room: published on `:in`.
     pub(super) fn relay_request(&self, msg: MeshMsg) {
+        self.relay_send(msg, true);
+    }
+
+    fn relay_send(&self, msg: MeshMsg, fresh: bool) {
         let Some(fleet) = self.fleet.as_ref() else {
             return;
         };
@@ -263,7 +269,7 @@ impl Shard {
             match rooms.get_mut(&room) {
                 Some(FleetRoom::Relayed(relay)) => {
                     match &kind {
-                        wire::InKind::Join { .. } => relay.add(origin, member.clone()),
+                        wire::InKind::Join { .. } => relay.add(origin, member.clone(), fresh),
                         wire::InKind::Leave { .. } => relay.remove(origin.conn),
                         _ => {}
                     }
@@ -500,10 +506,13 @@ impl Shard {
                         return;
                     }
                     relay.epoch = epoch;
-                    relay.members.iter_mut().for_each(|m| {
-                        m.answered = true;
-                        m.sent_at = Instant::now();
-                    });
+                    // A member whose join is still unanswered keeps waiting for a first
+                    // answer (this re-registration's, or the original's): only members
+                    // already answered get theirs unasked.
+                    relay
+                        .members
+                        .iter_mut()
+                        .for_each(|m| m.sent_at = Instant::now());
                     relay.rejoin_all()
                 };
                 info!(%room, epoch, "the room has a new owner: registering our members");
@@ -514,13 +523,16 @@ impl Shard {
 
     pub(super) fn relay_rejoin(&self, room: &RoomId, rejoins: Vec<(Origin, String)>) {
         for (origin, member) in rejoins {
-            self.relay_request(MeshMsg::Join {
-                room: room.clone(),
-                origin,
-                member,
-                since: None,
-                epoch: None,
-            });
+            self.relay_send(
+                MeshMsg::Join {
+                    room: room.clone(),
+                    origin,
+                    member,
+                    since: None,
+                    epoch: None,
+                },
+                false,
+            );
         }
     }
 
