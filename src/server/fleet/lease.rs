@@ -382,11 +382,16 @@ async fn release(shard: &Shard, room: &RoomId) {
     let _ = fleet.subscriber.unsubscribe(keys.input).await;
 }
 
-/// Gives back every lease of the shard (shutdown).
+/// Gives back every lease of the shard (shutdown), and shard 0 the liveness key.
 pub async fn release_all(shard: &Shard) {
     let Some(fleet) = shard.fleet.as_ref() else {
         return;
     };
+    if shard.id == 0 {
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(alive_key(fleet.instance()));
+        let _ = fleet.client.query(&cmd).await;
+    }
     let owned: Vec<RoomId> = fleet
         .rooms
         .borrow()
@@ -496,9 +501,6 @@ pub async fn alive(shard: Rc<Shard>) {
             .arg(ttl.as_millis() as u64);
         let set = fleet.client.query(&cmd).await;
         if shard.stopping.get() {
-            let mut cmd = redis::cmd("DEL");
-            cmd.arg(alive_key(fleet.instance()));
-            let _ = fleet.client.query(&cmd).await;
             return;
         }
         // Not set (Redis not up yet): try again soon, members elsewhere depend on it.
@@ -573,6 +575,10 @@ async fn renew(shard: Rc<Shard>, room: RoomId) {
         return;
     };
     let keys = Keys::of(&room);
+    let still_owned = matches!(fleet.rooms.borrow().get(&room), Some(FleetRoom::Owned(_)));
+    if !still_owned {
+        return;
+    }
     if !shard.rooms.borrow().contains_key(&room) {
         // The host dropped the empty room: give the lease back.
         fleet.rooms.borrow_mut().remove(&room);

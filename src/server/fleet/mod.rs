@@ -458,7 +458,8 @@ impl Shard {
                 if !registered && matches!(request, MeshMsg::Op { .. } | MeshMsg::Msg { .. }) {
                     return self.answer_unavailable(&room, origin, seq, false);
                 }
-                self.handle(ROUTED, request);
+                // Routed like a local request: a host dropped meanwhile is loaded again.
+                self.handle(self.id, request);
                 if is_leave {
                     fleet.forget_remote(id);
                 }
