@@ -131,3 +131,41 @@ fn without_durable_acks_clients_converge_and_the_log_is_complete() {
         "one log entry per tick"
     );
 }
+
+/// Two rooms owned by different instances, each instance owner of one and relay of the
+/// other, clients in both: both rooms converge, and the owners are where the first joins
+/// were.
+#[test]
+fn two_rooms_owned_by_different_instances() {
+    let redis = RedisServer::start();
+    let a = instance(&redis, "a", &[]);
+    let b = instance(&redis, "b", &[]);
+    let mut ra = vec![Member::join(a.addr(), Enc::Msgpack, "north")];
+    let mut rb = vec![Member::join(b.addr(), Enc::Json, "south")];
+    ra.push(Member::join(b.addr(), Enc::Json, "north"));
+    rb.push(Member::join(a.addr(), Enc::Msgpack, "south"));
+    for i in 0..30 {
+        for m in ra.iter_mut().chain(rb.iter_mut()) {
+            m.send_inc(1 + i % 3);
+            while m.pump(Duration::from_millis(1)) {}
+        }
+    }
+    for room in [&mut ra, &mut rb] {
+        for m in room.iter_mut() {
+            m.settle(Duration::from_secs(10));
+        }
+        let top = room.iter().map(|m| m.mirror.tick).max().unwrap_or(0);
+        for m in room.iter_mut() {
+            m.reach(top);
+        }
+        assert_eq!(room[0].mirror.state, room[1].mirror.state);
+        assert_eq!(room[0].counter(), room[0].acked_sum + room[1].acked_sum);
+    }
+    let owner = |room: &str| {
+        redis
+            .command(&["GET", &format!("kasagi:{{{room}}}:owner")])
+            .as_text()
+    };
+    assert_eq!(owner("north").as_deref(), Some("a"));
+    assert_eq!(owner("south").as_deref(), Some("b"));
+}

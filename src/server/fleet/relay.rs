@@ -722,3 +722,65 @@ async fn repair(shard: Rc<Shard>, room: RoomId, from: u64) {
         shard.relay_process(&room, msg);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin(shard: usize, id: u64) -> Origin {
+        Origin {
+            conn: ConnRef { shard, id },
+            proto: Subprotocol::MsgPack,
+        }
+    }
+
+    #[test]
+    fn members_are_counted_per_shard_and_protocol() {
+        let mut relay = Relay::new(2);
+        relay.add(origin(1, 7), "m7".into(), true);
+        relay.add(origin(1, 7), "m7".into(), true);
+        relay.add(origin(0, 8), "m8".into(), true);
+        assert_eq!(relay.per_shard, vec![1, 1]);
+        assert_eq!(relay.per_proto, [2, 0]);
+        relay.remove(origin(1, 7).conn);
+        relay.remove(origin(1, 7).conn);
+        assert_eq!(relay.per_shard, vec![1, 0]);
+        assert_eq!(relay.take_members().len(), 1);
+        assert!(relay.is_empty());
+        assert_eq!(relay.per_shard, vec![0, 0]);
+    }
+
+    #[test]
+    fn a_re_registration_keeps_an_answered_member_answered() {
+        let mut relay = Relay::new(1);
+        relay.add(origin(0, 1), "m".into(), true);
+        assert_eq!(relay.unanswered_joins(Duration::ZERO).len(), 1);
+        relay.members[0].answered = true;
+        relay.add(origin(0, 1), "m".into(), false);
+        assert!(relay.members[0].answered);
+        assert!(relay.unanswered_joins(Duration::ZERO).is_empty());
+        // The client joining again waits for a first answer again.
+        relay.add(origin(0, 1), "m".into(), true);
+        assert!(!relay.members[0].answered);
+    }
+
+    #[test]
+    fn ops_are_answered_in_order_and_overdue_ones_reported() {
+        let mut relay = Relay::new(1);
+        let o = origin(0, 1);
+        relay.add(o, "m".into(), true);
+        let queue = relay.ops.entry(o.conn).or_default();
+        let now = Instant::now();
+        for seq in 1..=4 {
+            queue.push_back((seq, now));
+        }
+        // An ack of 2 answers 1 and 2; the next reply answers 3.
+        relay.answered(o.conn, Some(2));
+        relay.answered(o.conn, None);
+        assert!(relay.overdue_ops(Duration::from_secs(60)).is_empty());
+        let overdue = relay.overdue_ops(Duration::ZERO);
+        assert_eq!(overdue.len(), 1);
+        assert_eq!(overdue[0].1, 4);
+        assert!(relay.ops.is_empty());
+    }
+}
