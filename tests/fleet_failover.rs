@@ -189,6 +189,12 @@ fn killed_subscriber_is_repaired_from_the_log() {
         m2.deltas, m2.acked
     );
     assert!(b.stderr().contains("reading missed deltas from the log"));
+    let (_, _, metrics) = common::http_get(b.addr(), "/metrics");
+    assert!(
+        !metrics.contains("kasagi_fleet_gap_repairs_total{shard=\"0\"} 0\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("kasagi_fleet_relayed_total"));
 }
 
 /// A stale owner (paused with SIGSTOP until its lease was taken, then SIGCONT) cannot

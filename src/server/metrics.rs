@@ -22,6 +22,19 @@ pub struct ShardMetrics {
     pub protocol_errors: AtomicU64,
     pub handshakes: AtomicU64,
     pub handshake_refusals: AtomicU64,
+    /// With `--redis` (see `fleet/`); zero without.
+    pub fleet: FleetMetrics,
+}
+
+/// What a shard did with Redis for the rooms it is the owner shard of.
+#[derive(Default)]
+pub struct FleetMetrics {
+    pub appends: AtomicU64,
+    pub append_resends: AtomicU64,
+    pub rooms_taken: AtomicU64,
+    pub step_downs: AtomicU64,
+    pub gap_repairs: AtomicU64,
+    pub relayed: AtomicU64,
 }
 
 impl ShardMetrics {
@@ -109,6 +122,42 @@ pub fn render(all: &[ShardMetrics]) -> String {
             "counter",
             "Refused upgrades and timed-out handshakes.",
             |m| &m.handshake_refusals,
+        ),
+        (
+            "kasagi_fleet_appends_total",
+            "counter",
+            "Deltas appended to the Redis log.",
+            |m| &m.fleet.appends,
+        ),
+        (
+            "kasagi_fleet_append_resends_total",
+            "counter",
+            "Appends sent again after a reply was lost (Redis unreachable, timeout).",
+            |m| &m.fleet.append_resends,
+        ),
+        (
+            "kasagi_fleet_rooms_taken_total",
+            "counter",
+            "Room leases taken (first owner, take-over, reload), each with a new epoch.",
+            |m| &m.fleet.rooms_taken,
+        ),
+        (
+            "kasagi_fleet_step_downs_total",
+            "counter",
+            "Rooms given up after another epoch or owner was found, or the lease lapsed.",
+            |m| &m.fleet.step_downs,
+        ),
+        (
+            "kasagi_fleet_gap_repairs_total",
+            "counter",
+            "Reads of missed deltas from the log (a tick gap or a subscriber reconnect).",
+            |m| &m.fleet.gap_repairs,
+        ),
+        (
+            "kasagi_fleet_relayed_total",
+            "counter",
+            "Requests relayed to a room owned by another instance.",
+            |m| &m.fleet.relayed,
         ),
     ];
     let mut out = String::with_capacity(2048);

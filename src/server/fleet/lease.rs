@@ -245,6 +245,7 @@ fn become_owner(
     let host = RoomHost::new(room, shard.shards + 1, Instant::now());
     shard.rooms.borrow_mut().insert(room_id.clone(), host);
     super::super::metrics::ShardMetrics::add(&shard.metrics().rooms, 1);
+    super::super::metrics::ShardMetrics::add(&shard.metrics().fleet.rooms_taken, 1);
     let owned = Owned {
         epoch,
         lease_until: started + fleet.config.lease_ttl,
@@ -414,6 +415,7 @@ pub fn step_down(shard: &Shard, room: &RoomId, why: &str) {
         return;
     };
     super::super::metrics::ShardMetrics::sub(&shard.metrics().rooms, 1);
+    super::super::metrics::ShardMetrics::add(&shard.metrics().fleet.step_downs, 1);
     warn!(%room, why, "stepping down: this instance no longer owns the room");
     let members: Vec<(Origin, String)> = host
         .local_members(shard.shards)

@@ -349,6 +349,7 @@ impl Shard {
         }
         let why = match reply {
             Ok(Value::Int(1 | 2)) => {
+                ShardMetrics::add(&self.metrics().fleet.appends, 1);
                 let released = {
                     let mut rooms = self.rooms.borrow_mut();
                     let Some(host) = rooms.get_mut(room) else {
@@ -478,6 +479,7 @@ impl Shard {
             };
             host.held.retrying = true;
             host.held.generation += 1;
+            ShardMetrics::add(&self.metrics().fleet.append_resends, 1);
         }
         let Some(me) = self.me() else {
             return;

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use super::super::metrics::ShardMetrics;
 use super::super::shard::{ConnRef, Frames, MeshMsg, Origin, Shard};
 use super::log::{ack_frame, read_log};
 use super::wire::{self, Keys, OutMsg, RemoteAddr, ToKind};
@@ -313,6 +314,7 @@ impl Shard {
         };
         let mut cmd = redis::cmd("PUBLISH");
         cmd.arg(Keys::of(&room).input).arg(wire::encode(&msg));
+        ShardMetrics::add(&self.metrics().fleet.relayed, 1);
         fleet.writer.push(
             cmd,
             Job::Relayed {
@@ -643,6 +645,7 @@ impl Shard {
         let Some(me) = self.me() else {
             return;
         };
+        ShardMetrics::add(&self.metrics().fleet.gap_repairs, 1);
         glommio::spawn_local(repair(me, room, from)).detach();
     }
 }
