@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use glommio::timer::Timer;
 use kasagi_shards::{bind_reuseport, into_listener, RuntimeConfig};
-use tracing::{info, Instrument};
+use tracing::info;
 
 pub use conn::Mode;
 use shard::{MeshMsg, Shard};
@@ -81,7 +81,6 @@ pub fn run(
         let metrics = all_metrics.clone();
         let published = published.clone();
         let stop = stop.clone();
-        let id = ctx.id;
         async move {
             let Some(socket) = socket else {
                 return;
@@ -99,7 +98,6 @@ pub fn run(
             inbox.spawn(move |from, msg: MeshMsg| handler.handle(from, msg));
             shard_main(shard, into_listener(socket), mode, stop).await;
         }
-        .instrument(tracing::info_span!("shard", id))
     })
     .map_err(|e| ServeError::Runtime(e.to_string()))?;
     Ok(())
