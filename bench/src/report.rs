@@ -294,44 +294,7 @@ fn human_number(v: f64) -> String {
 /// `outputPercentileDistribution`.
 pub fn hgrm(hist: &Histogram<u64>, scale: f64) -> String {
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{:>12} {:>14} {:>10} {:>14}\n",
-        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
-    );
-    let mut total = 0u64;
-    for v in hist.iter_quantiles(5) {
-        total += v.count_since_last_iteration();
-        let q = v.quantile_iterated_to();
-        let value = v.value_iterated_to() as f64 / scale;
-        if q < 1.0 {
-            let _ = writeln!(
-                s,
-                "{value:>12.3} {q:>14.12} {total:>10} {:>14.2}",
-                1.0 / (1.0 - q)
-            );
-        } else {
-            let _ = writeln!(s, "{value:>12.3} {q:>14.12} {total:>10}");
-        }
-    }
-    let mean = hist.mean() / scale;
-    let stdev = hist.stdev() / scale;
-    let max = hist.max() as f64 / scale;
-    let _ = writeln!(
-        s,
-        "#[Mean    = {mean:>12.3}, StdDeviation   = {stdev:>12.3}]"
-    );
-    let _ = writeln!(
-        s,
-        "#[Max     = {max:>12.3}, Total count    = {:>12}]",
-        hist.len()
-    );
-    let _ = writeln!(
-        s,
-        "#[Buckets = {:>12}, SubBuckets     = {:>12}]",
-        hist.buckets(),
-        (2 * 10u64.pow(u32::from(hist.sigfig()))).next_power_of_two()
-    );
+    kasagi::server::telemetry::write_hgrm(&mut s, hist, scale);
     s
 }
 

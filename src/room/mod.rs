@@ -112,6 +112,8 @@ pub enum Applied {
 pub struct DeltaRecord {
     pub tick: u64,
     pub epoch: u64,
+    /// The ops; emptied once the delta is an older ring entry with its MessagePack frame
+    /// cached (the server then derives any other encoding from that frame).
     pub ops: Vec<DeltaOp>,
     /// The encoded and framed delta per subprotocol (0 MessagePack, 1 JSON), filled by the
     /// server on first use so each is encoded once. The room only creates empty cells.
@@ -276,6 +278,13 @@ impl Room {
         let ops = self.changes.take_ops(self.tree.root());
         self.tick += 1;
         let record = Rc::new(DeltaRecord::new(self.tick, self.epoch, ops));
+        // The previous delta is out by now: once its MessagePack frame is cached, the ring
+        // keeps only the frames (a value tree costs several times its encoding).
+        if let Some(last) = self.ring.back_mut().and_then(Rc::get_mut) {
+            if last.frames[0].get().is_some() {
+                last.ops = Vec::new();
+            }
+        }
         if self.limits.resume_window > 0 {
             if self.ring.len() >= self.limits.resume_window {
                 self.ring.pop_front();

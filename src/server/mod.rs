@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use glommio::timer::Timer;
 use kasagi_shards::{bind_reuseport, into_listener, RuntimeConfig};
-use tracing::{info, Instrument};
+use tracing::info;
 
 pub use conn::Mode;
 use shard::{MeshMsg, Shard};
@@ -83,7 +83,6 @@ pub fn run(
         let metrics = all_metrics.clone();
         let published = published.clone();
         let stop = stop.clone();
-        let id = ctx.id;
         async move {
             let Some(socket) = socket else {
                 return;
@@ -102,7 +101,6 @@ pub fn run(
             fleet::start(&shard);
             shard_main(shard, into_listener(socket), mode, stop).await;
         }
-        .instrument(tracing::info_span!("shard", id))
     })
     .map_err(|e| ServeError::Runtime(e.to_string()))?;
     Ok(())

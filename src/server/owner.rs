@@ -114,10 +114,19 @@ impl RoomHost {
         self.members.values().map(|m| m.id.clone()).collect()
     }
 
-    /// The framed encoding of a delta for one subprotocol, made once and cached.
+    /// The framed encoding of a delta for one subprotocol, made once and cached. An older
+    /// ring entry keeps only its MessagePack frame; the JSON one is then transcoded from it.
     pub(super) fn delta_frame(&self, delta: &DeltaRecord, proto: Subprotocol) -> Bytes {
         delta.frames[proto.index()]
             .get_or_init(|| {
+                if delta.ops.is_empty() {
+                    if let Some(frame) = delta.frames[Subprotocol::MsgPack.index()]
+                        .get()
+                        .and_then(encode::msgpack_frame_to_json)
+                    {
+                        return frame;
+                    }
+                }
                 encode::frame(
                     &ServerMessage::Delta {
                         room: self.room.id().as_str(),
@@ -494,8 +503,12 @@ impl Shard {
             Some(delta) => {
                 let mut frames: Frames = [None, None];
                 for proto in Subprotocol::ALL {
-                    if host.per_proto[proto.index()] > 0 {
-                        frames[proto.index()] = Some(host.delta_frame(&delta, proto));
+                    // MessagePack always: the resume ring keeps that frame, not the ops.
+                    if host.per_proto[proto.index()] > 0 || proto == Subprotocol::MsgPack {
+                        let frame = host.delta_frame(&delta, proto);
+                        if host.per_proto[proto.index()] > 0 {
+                            frames[proto.index()] = Some(frame);
+                        }
                     }
                 }
                 ShardMetrics::add(&self.metrics().deltas, 1);
