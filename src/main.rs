@@ -29,7 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve rooms over WebSocket on one instance, state in memory.
+    /// Serve rooms over WebSocket: alone with state in memory, or with `--redis` as one
+    /// instance of a fleet.
     Serve(Box<ServeArgs>),
     /// Echo every WebSocket message back, on any path (for the Autobahn conformance run).
     Echo(EchoArgs),
@@ -176,8 +177,10 @@ fn fleet_config(args: &FleetArgs) -> anyhow::Result<Option<RedisConfig>> {
     };
     kasagi::redis::RedisUrl::parse(url).with_context(|| format!("--redis {url}"))?;
     let instance_id = args.instance_id.clone().unwrap_or_else(default_instance_id);
-    if instance_id.is_empty() || instance_id.len() > 128 {
-        bail!("--instance-id must be 1 to 128 bytes");
+    // It names Redis connections (`CLIENT SETNAME` takes no spaces) and prefixes member ids.
+    let valid = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-');
+    if instance_id.is_empty() || instance_id.len() > 128 || !instance_id.bytes().all(valid) {
+        bail!("--instance-id must be 1 to 128 bytes of A-Z a-z 0-9 _ . : -");
     }
     if args.lease_ttl < Duration::from_millis(300) {
         bail!("--lease-ttl must be at least 300ms");

@@ -169,3 +169,22 @@ fn two_rooms_owned_by_different_instances() {
     assert_eq!(owner("north").as_deref(), Some("a"));
     assert_eq!(owner("south").as_deref(), Some("b"));
 }
+
+/// Bad fleet flags are refused at start with a message naming the flag.
+#[test]
+fn bad_fleet_flags_are_refused_at_start() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kasagi"))
+            .arg("serve")
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .expect("run kasagi");
+        assert!(!out.status.success(), "{args:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(run(&["--redis", "http://x"]).contains("--redis"));
+    let url = "redis://127.0.0.1:1";
+    assert!(run(&["--redis", url, "--instance-id", "a b"]).contains("--instance-id"));
+    assert!(run(&["--redis", url, "--lease-ttl", "10ms"]).contains("--lease-ttl"));
+}
