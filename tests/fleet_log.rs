@@ -96,3 +96,42 @@ fn shutdown_releases_the_lease() {
     assert_eq!(m2.counter(), 2);
     println!("clean shutdown: b owns the room after {handed:?} (lease ttl 5s)");
 }
+
+/// A room that went quiet gets its snapshot on time too (`--snapshot-every`).
+#[test]
+fn a_quiet_room_is_snapshotted_on_time() {
+    let redis = RedisServer::start();
+    let room = "quiet";
+    let a = instance(
+        &redis,
+        "a",
+        &[
+            "--snapshot-every",
+            "500ms",
+            "--snapshot-every-ticks",
+            "1000",
+        ],
+    );
+    let mut m = Member::join(a.addr(), Enc::Msgpack, room);
+    for _ in 0..3 {
+        m.send_inc(1);
+        m.settle(Duration::from_secs(10));
+    }
+    let started = Instant::now();
+    let tick = || {
+        let snap = redis.command(&["HGETALL", &format!("kasagi:{{{room}}}:snap")]);
+        field(&snap, "tick").and_then(|t| t.parse::<u64>().ok())
+    };
+    while tick() != Some(m.mirror.tick) {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no snapshot of the quiet room"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "quiet room snapshotted at tick {} after {:?}",
+        m.mirror.tick,
+        started.elapsed()
+    );
+}

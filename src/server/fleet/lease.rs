@@ -606,6 +606,12 @@ async fn renew(shard: Rc<Shard>, room: RoomId) {
                     owned.lease_until = sent + fleet.config.lease_ttl;
                 }
             }
+            // A room gone quiet still gets its snapshot on time (with its log complete).
+            if let Some(host) = shard.rooms.borrow().get(&room) {
+                if !host.held.is_busy() && !host.dirty {
+                    shard.maybe_snapshot(fleet, host, Instant::now());
+                }
+            }
         }
         Ok(_) => {
             if fleet.owned_epoch(&room) == Some(epoch) {

@@ -268,13 +268,17 @@ impl Shard {
         self.maybe_snapshot(fleet, host, now);
     }
 
-    fn maybe_snapshot(&self, fleet: &Fleet, host: &RoomHost, now: Instant) {
+    /// Writes a snapshot when one is due (ticks or time since the last one).
+    pub(super) fn maybe_snapshot(&self, fleet: &Fleet, host: &RoomHost, now: Instant) {
         let room_id = host.room.id();
         let tick = host.room.tick();
         let mut rooms = fleet.rooms.borrow_mut();
         let Some(FleetRoom::Owned(owned)) = rooms.get_mut(room_id) else {
             return;
         };
+        if tick == owned.last_snap_tick {
+            return;
+        }
         let due = tick >= owned.last_snap_tick + fleet.config.snapshot_every_ticks
             || now.duration_since(owned.last_snap_at) >= fleet.config.snapshot_every;
         if !due {

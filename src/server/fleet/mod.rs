@@ -102,6 +102,13 @@ pub struct Held {
     acks: VecDeque<(u64, Origin, u64)>,
 }
 
+impl Held {
+    /// Appends are in flight (the room's tick is ahead of its log).
+    pub fn is_busy(&self) -> bool {
+        !self.in_flight.is_empty()
+    }
+}
+
 /// The synthetic connections that stand for members of other instances in a host.
 #[derive(Default)]
 struct Remotes {
