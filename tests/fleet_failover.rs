@@ -424,3 +424,81 @@ fn members_of_a_dead_instance_are_dropped() {
         "dropped before the liveness key lapsed"
     );
 }
+
+/// Two owners killed one after the other while clients write: the last instance standing
+/// serves every client (reconnected to it), and nothing acked is lost.
+#[test]
+fn two_owners_killed_in_a_row() {
+    let redis = RedisServer::start();
+    let names = ["a", "b", "c"];
+    let mut servers: Vec<Option<common::Server>> = names
+        .iter()
+        .map(|n| Some(instance(&redis, n, &[])))
+        .collect();
+    let room = "twice";
+    let mut members: Vec<Member> = (0..3)
+        .map(|i| Member::join(servers[i].as_ref().expect("up").addr(), Enc::Msgpack, room))
+        .collect();
+    let mut at: Vec<usize> = (0..3).collect();
+    let mut unknown = 0;
+    let mut epochs = Vec::new();
+    for _ in 0..2 {
+        for _ in 0..15 {
+            let mut all: Vec<&mut Member> = members.iter_mut().collect();
+            write_round(&mut all, 3);
+        }
+        let owner = owner_of(&redis, room).expect("an owner");
+        let dead = names
+            .iter()
+            .position(|n| *n == owner)
+            .expect("a known owner");
+        epochs.push(redis.command(&["GET", "kasagi:{twice}:epoch"]).as_text());
+        drop(servers[dead].take());
+        let survivor = servers
+            .iter()
+            .position(Option::is_some)
+            .expect("an instance left");
+        let addr = servers[survivor].as_ref().expect("up").addr();
+        for (m, at) in members.iter_mut().zip(at.iter_mut()) {
+            if *at == dead {
+                unknown += m.abandon_pending();
+                m.reconnect(addr);
+                *at = survivor;
+            }
+        }
+        // Clients of the dead instance moved: from now on, every member is elsewhere.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while owner_of(&redis, room).is_none_or(|o| o == owner) {
+            assert!(Instant::now() < deadline, "no new owner after {owner} died");
+            for m in members.iter_mut().filter(|m| m.pending() == 0) {
+                m.pump(Duration::from_millis(10));
+            }
+        }
+    }
+    for _ in 0..10 {
+        let mut all: Vec<&mut Member> = members.iter_mut().collect();
+        write_round(&mut all, 3);
+    }
+    for m in members.iter_mut() {
+        m.settle(Duration::from_secs(15));
+        unknown += m.unknown();
+    }
+    let top = members.iter().map(|m| m.mirror.tick).max().unwrap_or(0);
+    for m in members.iter_mut() {
+        m.reach(top);
+    }
+    let acked: i64 = members.iter().map(|m| m.acked_sum).sum();
+    for m in &members[1..] {
+        assert_eq!(m.mirror.state, members[0].mirror.state);
+    }
+    let counter = members[0].counter();
+    assert!(
+        counter >= acked && counter <= acked + unknown,
+        "counter {counter}, acked {acked}, unknown {unknown}"
+    );
+    println!(
+        "two owners killed (epochs {epochs:?} then {:?}): acked {acked}, unknown {unknown}, \
+         counter {counter}, tick {top}",
+        redis.command(&["GET", "kasagi:{twice}:epoch"]).as_text()
+    );
+}
