@@ -186,3 +186,70 @@ fn short_redis_outage_only_delays_the_ack() {
         m.mirror.tick
     );
 }
+
+/// Redis down longer than the lease with two instances: the owner stops applying ops once
+/// its lease would have lapsed (nobody can take the room meanwhile), and when Redis is back
+/// one owner serves both instances' clients again, on one history.
+#[test]
+fn long_redis_outage_with_two_instances() {
+    let mut redis = RedisServer::start_with(true);
+    let room = "outage2";
+    let a = instance(&redis, "a", &[]);
+    let b = instance(&redis, "b", &[]);
+    let mut m1 = Member::join(a.addr(), Enc::Msgpack, room);
+    let mut m2 = Member::join(b.addr(), Enc::Json, room);
+    for _ in 0..5 {
+        m1.send_inc(1);
+        m2.send_inc(1);
+    }
+    m1.settle(Duration::from_secs(10));
+    m2.settle(Duration::from_secs(10));
+    redis.kill();
+    // Past the lease (1 s): ops are refused, not applied.
+    std::thread::sleep(Duration::from_millis(1500));
+    m1.send_inc(100);
+    m2.send_inc(100);
+    m1.settle(Duration::from_secs(10));
+    m2.settle(Duration::from_secs(10));
+    assert_eq!((m1.unavailable, m2.unavailable), (1, 1));
+    redis.restart();
+    // Both clients get the room back by joining again where they are.
+    for m in [&mut m1, &mut m2] {
+        let (tick, epoch) = (m.mirror.tick, m.mirror.epoch);
+        let joined = join_eventually(&mut m.client, room, Some((tick, epoch)));
+        m.absorb_joined(&joined);
+    }
+    // Ops are refused until an owner holds the lease again (renewed or taken), then acked.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for m in [&mut m1, &mut m2] {
+        let mut acked = 0;
+        while acked < 3 {
+            assert!(Instant::now() < deadline, "service never came back");
+            let before = m.acked;
+            m.send_inc(1);
+            m.settle(Duration::from_secs(10));
+            if m.acked > before {
+                acked += 1;
+            } else {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    let top = m1.mirror.tick.max(m2.mirror.tick);
+    m1.reach(top);
+    m2.reach(top);
+    assert_eq!(m1.mirror.state, m2.mirror.state);
+    assert_eq!(
+        m1.counter(),
+        m1.acked_sum + m2.acked_sum,
+        "{}",
+        m1.mirror.state
+    );
+    assert_eq!(m1.counter(), 16, "{}", m1.mirror.state);
+    let owner = redis.command(&["GET", "kasagi:{outage2}:owner"]).as_text();
+    println!(
+        "after a 1.5 s Redis outage (lease 1 s): ops refused on both instances, then {owner:?} \
+         owns the room at epoch {} tick {top}",
+        m1.mirror.epoch
+    );
+}
