@@ -188,3 +188,64 @@ fn bad_fleet_flags_are_refused_at_start() {
     assert!(run(&["--redis", url, "--instance-id", "a b"]).contains("--instance-id"));
     assert!(run(&["--redis", url, "--lease-ttl", "10ms"]).contains("--lease-ttl"));
 }
+
+/// A slow client of a relaying instance: its queued deltas are dropped, it is resynced
+/// (the snapshot asked from the owner through Redis) and converges.
+#[test]
+fn slow_consumer_on_a_relaying_instance_is_resynced() {
+    let redis = RedisServer::start();
+    let limits = [
+        "--outbound-queue-bytes",
+        "65536",
+        "--rate-limit",
+        "100000",
+        "--rate-burst",
+        "100000",
+    ];
+    let a = instance(&redis, "a", &limits);
+    let b = instance(&redis, "b", &limits);
+    let room = "flood";
+    let mut writer = common::Client::connect(a.addr(), Enc::Msgpack);
+    writer.join(room);
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
+    socket
+        .connect_timeout(&b.addr().into(), common::RECV_TIMEOUT)
+        .expect("connect");
+    let (mut slow, _) =
+        common::Client::connect_stream(socket.into(), b.addr(), "/ws", &[common::MSGPACK], &[])
+            .expect("upgrade");
+    let mut mirror = common::Mirror::from_joined(&slow.join(room));
+    let total = 200u64;
+    let mut last_tick = 0;
+    for seq in 1..=total {
+        let blob = char::from(b'a' + (seq % 26) as u8)
+            .to_string()
+            .repeat(32 * 1024);
+        let (_, ack) = writer.op_acked(
+            room,
+            seq,
+            serde_json::json!([["set", ["blob"], blob], ["set", ["seq"], seq]]),
+        );
+        last_tick = ack["tick"].as_u64().expect("tick");
+    }
+    let mut resyncs = 0;
+    while resyncs == 0 || mirror.tick < last_tick {
+        let message = slow.recv();
+        match message["t"].as_str() {
+            Some("delta") => mirror
+                .apply_delta(&message)
+                .unwrap_or_else(|e| panic!("after {resyncs} resyncs: {e}")),
+            Some("joined") => {
+                assert_eq!(message["resync"], true, "{message}");
+                mirror.reset(&message);
+                resyncs += 1;
+            }
+            Some("presence") => {}
+            _ => panic!("the slow client got {message}"),
+        }
+    }
+    assert_eq!(mirror.state["seq"], total);
+    println!("slow client on the relay: {resyncs} resync(s), converged at tick {last_tick}");
+}
