@@ -214,7 +214,9 @@ fn stale_owner_cannot_write_and_steps_down() {
     m1.settle(Duration::from_secs(10));
     m2.settle(Duration::from_secs(10));
     a.signal("STOP");
-    // Relayed to the paused owner: never applied, answered `unavailable` (fate unknown).
+    // Relayed to the paused owner, which never logs it: b, taking the room over, finds it
+    // unacked in the log and applies it itself (once).
+    let before = m2.acked;
     m2.send_inc(1000);
     // b's relay has a member: it takes the lease once a's lapses.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -223,7 +225,8 @@ fn stale_owner_cannot_write_and_steps_down() {
         std::thread::sleep(Duration::from_millis(50));
     }
     m2.settle(Duration::from_secs(10));
-    assert_eq!(m2.unavailable, 1, "the op relayed to the paused owner");
+    assert_eq!(m2.unavailable, 0, "the op relayed to the paused owner");
+    assert_eq!(m2.acked, before + 1, "applied by the new owner");
     for _ in 0..5 {
         m2.send_inc(1);
     }
@@ -500,5 +503,70 @@ fn two_owners_killed_in_a_row() {
         "two owners killed (epochs {epochs:?} then {:?}): acked {acked}, unknown {unknown}, \
          counter {counter}, tick {top}",
         redis.command(&["GET", "kasagi:{twice}:epoch"]).as_text()
+    );
+}
+
+/// Ops a third instance relayed to an owner that paused (and never logged them) are sent
+/// again to the instance that takes the room over, after reading the log: applied once,
+/// acked, never `unavailable`.
+#[test]
+fn relayed_ops_are_sent_again_to_the_new_owner() {
+    let redis = RedisServer::start();
+    let a = instance(&redis, "a", &[]);
+    let b = instance(&redis, "b", &[]);
+    let c = instance(&redis, "c", &[]);
+    let room = "resend";
+    let mut m1 = Member::join(a.addr(), Enc::Msgpack, room);
+    let mut m2 = Member::join(b.addr(), Enc::Msgpack, room);
+    let mut m3 = Member::join(c.addr(), Enc::Json, room);
+    for _ in 0..5 {
+        write_round(&mut [&mut m1, &mut m2, &mut m3], 2);
+    }
+    for m in [&mut m1, &mut m2, &mut m3] {
+        m.settle(Duration::from_secs(10));
+    }
+    a.signal("STOP");
+    for _ in 0..3 {
+        m3.send_inc(100);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !matches!(owner_of(&redis, room).as_deref(), Some("b" | "c")) {
+        assert!(Instant::now() < deadline, "nobody took the room over");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    m3.settle(Duration::from_secs(10));
+    a.signal("CONT");
+    m2.settle(Duration::from_secs(10));
+    assert_eq!(
+        m3.unavailable, 0,
+        "the ops must be applied by the new owner"
+    );
+    assert_eq!(m3.acked, 5 + 3);
+    let top = m2.mirror.tick.max(m3.mirror.tick);
+    m2.reach(top);
+    m3.reach(top);
+    assert_eq!(m2.mirror.state, m3.mirror.state);
+    assert_eq!(
+        m3.counter(),
+        m1.acked_sum + m2.acked_sum + m3.acked_sum,
+        "each op applied once"
+    );
+    let owner = owner_of(&redis, room);
+    // c relayed them: sent again to b after reading the log, or applied by c itself.
+    let log = c.stderr();
+    if owner.as_deref() == Some("b") {
+        assert!(
+            log.contains("sending ops the old owner never logged"),
+            "{log}"
+        );
+    } else {
+        assert!(
+            log.contains("ops relayed to the old owner and unanswered"),
+            "{log}"
+        );
+    }
+    println!(
+        "3 ops relayed to the paused owner: acked by the new owner {owner:?}, counter {}",
+        m3.counter()
     );
 }

@@ -19,9 +19,10 @@ use tracing::{info, warn};
 
 use super::super::owner::RoomHost;
 use super::super::shard::{MeshMsg, Origin, Shard};
+use super::relay::Unanswered;
 use super::wire::{self, Keys, OutMsg};
 use super::{FleetRoom, History, Owned, Relay, ROUTED};
-use crate::protocol::{DeltaOp, RoomId};
+use crate::protocol::{ClientMessage, DeltaOp, RoomId, Subprotocol};
 use crate::redis::{Error, Script};
 use crate::room::{apply_delta_op, DeltaRecord, Room};
 use crate::value::Value as StateValue;
@@ -67,13 +68,14 @@ fn ttl_ms(shard: &Shard) -> u64 {
 
 pub fn spawn_acquire(shard: &Shard, room: RoomId) {
     if let Some(me) = shard.me() {
-        glommio::spawn_local(acquire(me, room, Vec::new())).detach();
+        glommio::spawn_local(acquire(me, room, Vec::new(), Carried::default())).detach();
     }
 }
 
 /// Takes the lease when it is free (or ours), else relays. `members` are local members a
-/// relay already had (a take-over): they are registered with the loaded room.
-async fn acquire(shard: Rc<Shard>, room: RoomId, members: Vec<(Origin, String)>) {
+/// relay already had (a take-over): they are registered with the loaded room; `ops` are
+/// the ops it had relayed to the old owner without an answer.
+async fn acquire(shard: Rc<Shard>, room: RoomId, members: Vec<(Origin, String)>, ops: Carried) {
     let Some(fleet) = shard.fleet.as_ref() else {
         return;
     };
@@ -101,7 +103,7 @@ async fn acquire(shard: Rc<Shard>, room: RoomId, members: Vec<(Origin, String)>)
             let started = Instant::now();
             match load(&shard, &room, epoch as u64).await {
                 Ok((loaded, history)) => {
-                    become_owner(&shard, room, loaded, history, started, members)
+                    return become_owner(&shard, room, loaded, history, started, members, ops);
                 }
                 Err(error) => {
                     warn!(%room, cause = %error, "loading the room failed; giving the lease back");
@@ -110,11 +112,15 @@ async fn acquire(shard: Rc<Shard>, room: RoomId, members: Vec<(Origin, String)>)
                 }
             }
         }
-        Ok(_) => become_relay(&shard, room, members).await,
+        Ok(_) => become_relay(&shard, room.clone(), members).await,
         Err(error) => {
             warn!(%room, cause = %error, "cannot take the room's lease");
             fail_queued(&shard, &room, members);
         }
+    }
+    // Not the owner: what happened to those ops is unknown.
+    for (origin, seq, _) in ops.ops {
+        shard.answer_unavailable(&room, origin, Some(seq), false);
     }
 }
 
@@ -129,6 +135,15 @@ async fn subscribe(fleet: &super::Fleet, channel: String) -> Result<(), Error> {
             outcome => return outcome,
         }
     }
+}
+
+/// What a relay taking a room over brings from its relaying days.
+#[derive(Default)]
+struct Carried {
+    /// Ops relayed to the old owner and not answered.
+    ops: Vec<Unanswered>,
+    /// The last tick the relay delivered.
+    seen: Option<u64>,
 }
 
 /// Why a room could not be loaded.
@@ -177,6 +192,8 @@ async fn load(shard: &Rc<Shard>, room: &RoomId, epoch: u64) -> Result<(Room, His
     let from = (tick + 1).saturating_sub(window).max(1);
     let entries = super::log::read_log(fleet, room, from, None).await?;
     let mut history = History::default();
+    // Every ack the loaded log holds, whether or not its delta can be resumed from.
+    let mut acked = std::collections::HashMap::new();
     for entry in entries {
         if entry.tick <= tick {
             // Before the snapshot: history only, when it leads up to the snapshot.
@@ -193,6 +210,9 @@ async fn load(shard: &Rc<Shard>, room: &RoomId, epoch: u64) -> Result<(Room, His
             apply_ops(&mut state, &entry.ops);
             tick = entry.tick;
         }
+        for ack in entry.acks {
+            acked.insert((ack.to, ack.seq), entry.tick);
+        }
         history
             .records
             .push(Rc::new(DeltaRecord::new(entry.tick, epoch, entry.ops)));
@@ -205,6 +225,8 @@ async fn load(shard: &Rc<Shard>, room: &RoomId, epoch: u64) -> Result<(Room, His
     let excess = history.records.len().saturating_sub(window as usize);
     history.records.drain(..excess);
     history.written_in.drain(..excess);
+    history.acked = acked;
+    history.acks_from = from;
     let StateValue::Map(map) = state else {
         return Err(LoadError::Snapshot("the state is not a map".into()));
     };
@@ -236,16 +258,31 @@ fn become_owner(
     history: History,
     started: Instant,
     members: Vec<(Origin, String)>,
+    carried: Carried,
 ) {
     let Some(fleet) = shard.fleet.as_ref() else {
         return;
     };
     let epoch = room.epoch();
+    // The loaded acks answer for every tick after the last one the relay saw, or the ops'
+    // fate stays unknown (never applied twice).
+    let covered = carried
+        .seen
+        .is_some_and(|seen| seen + 1 >= history.acks_from || seen >= room.tick());
+    let ops = carried.ops;
     let tick = room.tick();
     let host = RoomHost::new(room, shard.shards + 1, Instant::now());
     shard.rooms.borrow_mut().insert(room_id.clone(), host);
     super::super::metrics::ShardMetrics::add(&shard.metrics().rooms, 1);
     super::super::metrics::ShardMetrics::add(&shard.metrics().fleet.rooms_taken, 1);
+    // Ops this instance relayed to the old owner: acked by the log, or never applied.
+    let logged: Vec<Option<u64>> = ops
+        .iter()
+        .map(|(origin, seq, _)| {
+            let key = (shard.addr_of(*origin), *seq);
+            history.acked.get(&key).copied()
+        })
+        .collect();
     let owned = Owned {
         epoch,
         lease_until: started + fleet.config.lease_ttl,
@@ -280,6 +317,51 @@ fn become_owner(
                 epoch: None,
             },
         );
+    }
+    if !ops.is_empty() {
+        let in_log = logged.iter().filter(|l| l.is_some()).count();
+        info!(
+            room = %room_id,
+            in_log,
+            applied_now = if covered { ops.len() - in_log } else { 0 },
+            "ops relayed to the old owner and unanswered"
+        );
+    }
+    for ((origin, seq, payload), logged) in ops.into_iter().zip(logged) {
+        match logged {
+            // In the state its member just got: the ack follows the `joined`.
+            Some(acked_at) => {
+                let frame = super::super::encode::frame(
+                    &crate::protocol::ServerMessage::Ack {
+                        room: room_id.as_str(),
+                        seq,
+                        tick: acked_at,
+                    },
+                    origin.proto,
+                );
+                shard.send(
+                    origin.conn.shard,
+                    MeshMsg::ToConn {
+                        conn: origin.conn.id,
+                        frame,
+                    },
+                );
+            }
+            None if !covered => shard.answer_unavailable(&room_id, origin, Some(seq), false),
+            None => match crate::protocol::decode_client(&payload, Subprotocol::MsgPack) {
+                Ok(ClientMessage::Op { seq, ops, .. }) => shard.handle(
+                    ROUTED,
+                    MeshMsg::Op {
+                        room: room_id.clone(),
+                        origin,
+                        seq,
+                        ops,
+                        received: Instant::now(),
+                    },
+                ),
+                _ => shard.answer_unavailable(&room_id, origin, Some(seq), false),
+            },
+        }
     }
     for msg in queued {
         shard.handle(ROUTED, msg);
@@ -673,17 +755,16 @@ async fn take_over(shard: Rc<Shard>, room: RoomId) {
         let Some(FleetRoom::Relayed(relay)) = rooms.get_mut(&room) else {
             return;
         };
-        let ops = relay.take_ops();
+        let ops = Carried {
+            ops: relay.take_ops(),
+            seen: relay.last_tick(),
+        };
         let members = relay.take_members();
         rooms.insert(room.clone(), FleetRoom::Loading { queued: Vec::new() });
         (members, ops)
     };
-    // The old owner may or may not have applied them: their fate is unknown.
-    for (origin, seq) in ops {
-        shard.answer_unavailable(&room, origin, Some(seq), false);
-    }
     info!(%room, "the room's lease lapsed: taking it over");
-    acquire(shard, room, members).await;
+    acquire(shard, room, members, ops).await;
 }
 
 impl super::Fleet {

@@ -85,6 +85,11 @@ pub struct Owned {
 pub struct History {
     pub records: Vec<Rc<crate::room::DeltaRecord>>,
     pub written_in: Vec<u64>,
+    /// Ops of other instances' (and our relayed) connections acked by the loaded log, by
+    /// request id (connection, seq), with the tick that holds them.
+    pub acked: HashMap<(RemoteAddr, u64), u64>,
+    /// The first tick whose acks `acked` holds.
+    pub acks_from: u64,
 }
 
 /// Outputs of an owned room held until the appends they follow are in the log.
@@ -453,7 +458,11 @@ impl Shard {
                     _ => None,
                 };
                 if lapsed && seq.is_some() {
-                    return self.answer_unavailable(&room, origin, seq, false);
+                    // Not applied, and no answer: the relay sends it again to whoever
+                    // owns the room next, or answers `unavailable` itself past its
+                    // deadline. An answer from here could contradict the next owner's.
+                    debug!(%room, "op relayed to a lapsed owner dropped");
+                    return;
                 }
                 // The relay only forwards ops of its members: one unknown here was sent
                 // before its re-registration with this (new) owner reached us.

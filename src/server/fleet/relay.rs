@@ -19,6 +19,7 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use serde_bytes::ByteBuf;
 use tracing::{info, warn};
 
 use super::super::metrics::ShardMetrics;
@@ -50,8 +51,21 @@ pub struct Relay {
     buffered: VecDeque<OutMsg>,
     /// Ops relayed and not answered yet, per connection in request order (answers to one
     /// connection come back in that order): past a deadline they get `unavailable`.
-    ops: HashMap<ConnRef, VecDeque<(u64, Instant)>>,
+    ops: HashMap<ConnRef, VecDeque<PendingOp>>,
+    /// A new owner announced itself: once the log is read to its end, the ops still
+    /// unanswered were never logged, and are sent to the new owner.
+    resend: bool,
 }
+
+/// A relayed op waiting for its answer, kept to be sent again to a new owner.
+struct PendingOp {
+    seq: u64,
+    at: Instant,
+    payload: ByteBuf,
+}
+
+/// An op to send again: who, its seq, the request as relayed.
+pub type Unanswered = (Origin, u64, ByteBuf);
 
 impl Relay {
     pub fn new(shards: usize) -> Relay {
@@ -64,6 +78,7 @@ impl Relay {
             repairing: false,
             buffered: VecDeque::new(),
             ops: HashMap::new(),
+            resend: false,
         }
     }
 
@@ -102,7 +117,7 @@ impl Relay {
         };
         match seq {
             Some(seq) => {
-                if let Some(i) = queue.iter().position(|(s, _)| *s == seq) {
+                if let Some(i) = queue.iter().position(|op| op.seq == seq) {
                     queue.drain(..=i);
                 }
             }
@@ -122,9 +137,9 @@ impl Relay {
             let Some(origin) = self.members.iter().find(|m| m.origin.conn == *conn) else {
                 continue;
             };
-            while queue.front().is_some_and(|(_, at)| at.elapsed() >= timeout) {
-                if let Some((seq, _)) = queue.pop_front() {
-                    overdue.push((origin.origin, seq));
+            while queue.front().is_some_and(|op| op.at.elapsed() >= timeout) {
+                if let Some(op) = queue.pop_front() {
+                    overdue.push((origin.origin, op.seq));
                 }
             }
         }
@@ -142,12 +157,17 @@ impl Relay {
         }
     }
 
+    /// The last tick delivered to the members.
+    pub fn last_tick(&self) -> Option<u64> {
+        self.tick
+    }
+
     /// Every op still waiting for the (old) owner's answer, forgotten here.
-    pub fn take_ops(&mut self) -> Vec<(Origin, u64)> {
+    pub fn take_ops(&mut self) -> Vec<Unanswered> {
         let mut ops = Vec::new();
         for (conn, queue) in self.ops.drain() {
             if let Some(m) = self.members.iter().find(|m| m.origin.conn == conn) {
-                ops.extend(queue.into_iter().map(|(seq, _)| (m.origin, seq)));
+                ops.extend(queue.into_iter().map(|op| (m.origin, op.seq, op.payload)));
             }
         }
         ops
@@ -181,7 +201,7 @@ impl Relay {
 }
 
 impl Shard {
-    fn addr_of(&self, origin: Origin) -> RemoteAddr {
+    pub(super) fn addr_of(&self, origin: Origin) -> RemoteAddr {
         RemoteAddr {
             instance: self
                 .fleet
@@ -275,12 +295,18 @@ impl Shard {
                         _ => {}
                     }
                     let is_member = relay.members.iter().any(|m| m.origin.conn == origin.conn);
-                    if let (Some(seq), true) = (seq, is_member) {
+                    if let (Some(seq), true, wire::InKind::Client(payload)) =
+                        (seq, is_member, &kind)
+                    {
                         relay
                             .ops
                             .entry(origin.conn)
                             .or_default()
-                            .push_back((seq, Instant::now()));
+                            .push_back(PendingOp {
+                                seq,
+                                at: Instant::now(),
+                                payload: payload.clone(),
+                            });
                     }
                     is_member
                 }
@@ -499,7 +525,7 @@ impl Shard {
                 }
             }
             OutMsg::Owner { epoch } => {
-                let rejoins = {
+                let (rejoins, repair_from, unresolved) = {
                     let mut rooms = fleet.rooms.borrow_mut();
                     let Some(FleetRoom::Relayed(relay)) = rooms.get_mut(room) else {
                         return;
@@ -515,11 +541,65 @@ impl Shard {
                         .members
                         .iter_mut()
                         .for_each(|m| m.sent_at = Instant::now());
-                    relay.rejoin_all()
+                    // Ops the old owner logged are acked by its deltas: read the log to
+                    // its end (final for older epochs now), then send the rest again.
+                    let (repair_from, unresolved) = match relay.tick {
+                        Some(last) if !relay.ops.is_empty() => {
+                            relay.resend = true;
+                            relay.repairing = true;
+                            (Some(last + 1), Vec::new())
+                        }
+                        _ => (None, relay.take_ops()),
+                    };
+                    (relay.rejoin_all(), repair_from, unresolved)
                 };
                 info!(%room, epoch, "the room has a new owner: registering our members");
                 self.relay_rejoin(room, rejoins);
+                for (origin, seq, _) in unresolved {
+                    self.answer_unavailable(room, origin, Some(seq), false);
+                }
+                if let Some(from) = repair_from {
+                    self.spawn_repair(room.clone(), from);
+                }
             }
+        }
+    }
+
+    /// Sends unanswered ops again, to a new owner, in their order.
+    fn relay_resend(&self, room: &RoomId, ops: Vec<Unanswered>) {
+        let Some(fleet) = self.fleet.as_ref() else {
+            return;
+        };
+        for (origin, seq, payload) in ops {
+            if let Some(FleetRoom::Relayed(relay)) = fleet.rooms.borrow_mut().get_mut(room) {
+                relay
+                    .ops
+                    .entry(origin.conn)
+                    .or_default()
+                    .push_back(PendingOp {
+                        seq,
+                        at: Instant::now(),
+                        payload: payload.clone(),
+                    });
+            }
+            let msg = wire::InMsg {
+                from: self.addr_of(origin),
+                proto: origin.proto.index() as u8,
+                member: String::new(),
+                kind: wire::InKind::Client(payload),
+            };
+            let mut cmd = redis::cmd("PUBLISH");
+            cmd.arg(Keys::of(room).input).arg(wire::encode(&msg));
+            ShardMetrics::add(&self.metrics().fleet.relayed, 1);
+            fleet.writer.push(
+                cmd,
+                Job::Relayed {
+                    room: room.clone(),
+                    origin,
+                    seq: Some(seq),
+                    join: false,
+                },
+            );
         }
     }
 
@@ -695,7 +775,7 @@ async fn repair(shard: Rc<Shard>, room: RoomId, from: u64) {
             rejoin = true;
         }
     }
-    let (buffered, rejoins) = {
+    let (buffered, rejoins, resend, unresolved) = {
         let mut rooms = fleet.rooms.borrow_mut();
         let Some(FleetRoom::Relayed(relay)) = rooms.get_mut(&room) else {
             return;
@@ -707,9 +787,28 @@ async fn repair(shard: Rc<Shard>, room: RoomId, from: u64) {
         } else {
             Vec::new()
         };
-        (std::mem::take(&mut relay.buffered), rejoins)
+        // What the log did not ack was never logged: send it again, unless the log could
+        // not be read (then its fate is unknown).
+        let (resend, unresolved) = match (std::mem::take(&mut relay.resend), rejoin) {
+            (true, false) => (relay.take_ops(), Vec::new()),
+            (true, true) => (Vec::new(), relay.take_ops()),
+            (false, _) => (Vec::new(), Vec::new()),
+        };
+        (
+            std::mem::take(&mut relay.buffered),
+            rejoins,
+            resend,
+            unresolved,
+        )
     };
     shard.relay_rejoin(&room, rejoins);
+    for (origin, seq, _) in unresolved {
+        shard.answer_unavailable(&room, origin, Some(seq), false);
+    }
+    if !resend.is_empty() {
+        info!(%room, ops = resend.len(), "sending ops the old owner never logged to the new one");
+        shard.relay_resend(&room, resend);
+    }
     for msg in buffered {
         // A later message may start another repair: keep the rest waiting behind it.
         let repairing = matches!(
@@ -775,7 +874,11 @@ mod tests {
         let queue = relay.ops.entry(o.conn).or_default();
         let now = Instant::now();
         for seq in 1..=4 {
-            queue.push_back((seq, now));
+            queue.push_back(PendingOp {
+                seq,
+                at: now,
+                payload: ByteBuf::new(),
+            });
         }
         // An ack of 2 answers 1 and 2; the next reply answers 3.
         relay.answered(o.conn, Some(2));
