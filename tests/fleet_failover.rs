@@ -570,3 +570,52 @@ fn relayed_ops_are_sent_again_to_the_new_owner() {
         m3.counter()
     );
 }
+
+/// The owner's subscriber connection is killed while a relay's clients write: requests
+/// published meanwhile are lost, the relay sends them again after `--relay-timeout`
+/// (marked as repeats), and each op is applied exactly once.
+#[test]
+fn owner_subscriber_killed_relayed_ops_are_sent_again() {
+    let redis = RedisServer::start();
+    let args = ["--relay-timeout", "500ms"];
+    let a = instance(&redis, "a", &args);
+    let b = instance(&redis, "b", &args);
+    let room = "lost-in";
+    let mut m1 = Member::join(a.addr(), Enc::Msgpack, room);
+    let mut m2 = Member::join(b.addr(), Enc::Json, room);
+    let mut killed = 0;
+    for round in 0..40 {
+        write_round(&mut [&mut m1, &mut m2], 4);
+        if round % 10 == 5 {
+            for id in pubsub_ids(&redis, "a") {
+                if redis.command(&["CLIENT", "KILL", "ID", &id]) == Resp::Int(1) {
+                    killed += 1;
+                }
+            }
+        }
+    }
+    assert!(killed >= 2, "no subscriber connection of a found to kill");
+    m1.settle(Duration::from_secs(10));
+    m2.settle(Duration::from_secs(10));
+    let top = m1.mirror.tick.max(m2.mirror.tick);
+    m1.reach(top);
+    m2.reach(top);
+    assert_eq!(m1.mirror.state, m2.mirror.state);
+    assert_eq!(m2.unavailable, 0);
+    assert_eq!(
+        m1.counter(),
+        m1.acked_sum + m2.acked_sum,
+        "every acked op applied exactly once"
+    );
+    let (_, _, metrics) = common::http_get(b.addr(), "/metrics");
+    let relayed: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kasagi_fleet_relayed_total{shard=\"0\"} "))
+        .and_then(|v| v.parse().ok())
+        .expect("relayed counter");
+    println!(
+        "killed a's subscriber {killed} times: b's client got {} acks, 0 unavailable; b relayed \
+         {relayed} requests (repeats included)",
+        m2.acked
+    );
+}

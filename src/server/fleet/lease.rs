@@ -283,12 +283,17 @@ fn become_owner(
             history.acked.get(&key).copied()
         })
         .collect();
+    let mut recent = super::Recent::default();
+    for (id, acked_at) in &history.acked {
+        recent.note(id.clone(), Some(*acked_at));
+    }
     let owned = Owned {
         epoch,
         lease_until: started + fleet.config.lease_ttl,
         last_snap_tick: tick,
         last_snap_at: Instant::now(),
         history,
+        recent,
     };
     let previous = fleet
         .rooms
@@ -711,7 +716,7 @@ fn relay_watch(shard: &Rc<Shard>, room: RoomId) {
     let timeout = fleet.config.relay_timeout;
     // An op waits for the owner's answer at most a lease (a take-over) and a relay timeout.
     let op_timeout = fleet.config.lease_ttl + timeout;
-    let (empty, stale, overdue) = {
+    let (empty, stale, (resend, overdue)) = {
         let mut rooms = fleet.rooms.borrow_mut();
         let Some(FleetRoom::Relayed(relay)) = rooms.get_mut(&room) else {
             return;
@@ -719,9 +724,10 @@ fn relay_watch(shard: &Rc<Shard>, room: RoomId) {
         (
             relay.is_empty(),
             relay.unanswered_joins(timeout),
-            relay.overdue_ops(op_timeout),
+            relay.overdue_ops(timeout, op_timeout),
         )
     };
+    shard.relay_send_again(&room, resend);
     for (origin, seq) in overdue {
         shard.answer_unavailable(&room, origin, Some(seq), false);
     }

@@ -206,11 +206,18 @@ impl Shard {
         for (origin, reply) in std::mem::take(&mut host.replies) {
             if origin.conn.shard == remote {
                 match (reply, fleet.remote_addr(origin.conn.id)) {
-                    (Reply::Ack { seq, .. }, Some((to, _))) => acks.push(AckTo {
-                        to,
-                        seq,
-                        proto: origin.proto.index() as u8,
-                    }),
+                    (Reply::Ack { seq, .. }, Some((to, _))) => {
+                        if let Some(FleetRoom::Owned(owned)) =
+                            fleet.rooms.borrow_mut().get_mut(&room_id)
+                        {
+                            owned.recent.note((to.clone(), seq), Some(tick));
+                        }
+                        acks.push(AckTo {
+                            to,
+                            seq,
+                            proto: origin.proto.index() as u8,
+                        })
+                    }
                     (Reply::Frame(frame), _) => after.push((origin.conn.id, frame)),
                     _ => {}
                 }

@@ -76,6 +76,44 @@ pub struct Owned {
     pub last_snap_at: Instant,
     /// The logged deltas before this owner's first tick, for resuming across a take-over.
     pub history: History,
+    /// Request ids of relayed ops this owner received or found acked in the log.
+    pub recent: Recent,
+}
+
+/// Most request ids an owner remembers per room.
+const RECENT_IDS: usize = 8192;
+
+/// Recent request ids of relayed ops: `None` received (its answer not known yet), `Some`
+/// acked with that tick. A resent op is applied only when its id is not here.
+#[derive(Default)]
+pub struct Recent {
+    ids: HashMap<(RemoteAddr, u64), Option<u64>>,
+    order: VecDeque<(RemoteAddr, u64)>,
+}
+
+impl Recent {
+    pub fn note(&mut self, id: (RemoteAddr, u64), tick: Option<u64>) {
+        match self.ids.get_mut(&id) {
+            Some(slot) => {
+                if tick.is_some() {
+                    *slot = tick;
+                }
+            }
+            None => {
+                if self.order.len() >= RECENT_IDS {
+                    if let Some(old) = self.order.pop_front() {
+                        self.ids.remove(&old);
+                    }
+                }
+                self.order.push_back(id.clone());
+                self.ids.insert(id, tick);
+            }
+        }
+    }
+
+    pub fn get(&self, id: &(RemoteAddr, u64)) -> Option<Option<u64>> {
+        self.ids.get(id).copied()
+    }
 }
 
 /// The tail of the log as loaded: consecutive deltas ending at the tick the owner started
@@ -397,12 +435,14 @@ impl Shard {
             warn!(%room, "undecodable relayed request dropped");
             return;
         };
+        let resent = matches!(msg.kind, wire::InKind::Resent(_));
         let proto = if msg.proto == 1 {
             crate::protocol::Subprotocol::Json
         } else {
             crate::protocol::Subprotocol::MsgPack
         };
         let is_leave = matches!(msg.kind, wire::InKind::Leave { .. });
+        let from = msg.from.clone();
         let id = fleet.remote_id(msg.from, &room);
         let origin = Origin {
             conn: ConnRef {
@@ -428,7 +468,7 @@ impl Shard {
                 room: room.clone(),
                 origin,
             },
-            wire::InKind::Client(bytes) => {
+            wire::InKind::Client(bytes) | wire::InKind::Resent(bytes) => {
                 match crate::protocol::decode_client(&bytes, crate::protocol::Subprotocol::MsgPack)
                 {
                     Ok(crate::protocol::ClientMessage::Op { seq, ops, .. }) => MeshMsg::Op {
@@ -452,6 +492,28 @@ impl Shard {
             Some(FleetRoom::Loading { queued }) => queued.push(request),
             Some(FleetRoom::Owned(owned)) => {
                 let lapsed = Instant::now() > owned.lease_until;
+                if let MeshMsg::Op { seq, .. } = &request {
+                    let key = (from, *seq);
+                    match (resent, owned.recent.get(&key)) {
+                        // Seen, answer still coming (or an error already sent): no repeat.
+                        (true, Some(None)) => return,
+                        (true, Some(Some(tick))) => {
+                            drop(rooms);
+                            let frame = super::encode::frame(
+                                &ServerMessage::Ack {
+                                    room: room.as_str(),
+                                    seq: *seq,
+                                    tick,
+                                },
+                                proto,
+                            );
+                            return self
+                                .send(self.remote_shard(), MeshMsg::ToConn { conn: id, frame });
+                        }
+                        _ if !lapsed => owned.recent.note(key, None),
+                        _ => {}
+                    }
+                }
                 drop(rooms);
                 let seq = match &request {
                     MeshMsg::Op { seq, .. } => Some(*seq),

@@ -62,6 +62,8 @@ struct PendingOp {
     seq: u64,
     at: Instant,
     payload: ByteBuf,
+    /// Sent again after a first timeout (the next one gives up).
+    resent: bool,
 }
 
 /// An op to send again: who, its seq, the request as relayed.
@@ -109,44 +111,52 @@ impl Relay {
         });
     }
 
-    /// An answer for `conn`: an ack of `seq` (and so of everything before it), or the
-    /// next answer in order (`None`).
-    fn answered(&mut self, conn: ConnRef, seq: Option<u64>) {
+    /// An answer (ack or error) to op `seq` of `conn`. Only that op: an earlier one may
+    /// have been lost on its way and still wait to be sent again.
+    fn answered(&mut self, conn: ConnRef, seq: u64) {
         let Some(queue) = self.ops.get_mut(&conn) else {
             return;
         };
-        match seq {
-            Some(seq) => {
-                if let Some(i) = queue.iter().position(|op| op.seq == seq) {
-                    queue.drain(..=i);
-                }
-            }
-            None => {
-                queue.pop_front();
-            }
+        if let Some(i) = queue.iter().position(|op| op.seq == seq) {
+            queue.remove(i);
         }
         if queue.is_empty() {
             self.ops.remove(&conn);
         }
     }
 
-    /// Ops relayed longer ago than `timeout` and still unanswered; forgotten here.
-    pub fn overdue_ops(&mut self, timeout: Duration) -> Vec<(Origin, u64)> {
-        let mut overdue = Vec::new();
+    /// Ops unanswered for `first` are to be sent again (once, marked as a repeat); ops
+    /// still unanswered `last` after that are given up (forgotten here).
+    pub fn overdue_ops(
+        &mut self,
+        first: Duration,
+        last: Duration,
+    ) -> (Vec<Unanswered>, Vec<(Origin, u64)>) {
+        let (mut again, mut overdue) = (Vec::new(), Vec::new());
         for (conn, queue) in self.ops.iter_mut() {
             let Some(origin) = self.members.iter().find(|m| m.origin.conn == *conn) else {
                 continue;
             };
-            while queue.front().is_some_and(|op| op.at.elapsed() >= timeout) {
+            while queue
+                .front()
+                .is_some_and(|op| op.resent && op.at.elapsed() >= last)
+            {
                 if let Some(op) = queue.pop_front() {
                     overdue.push((origin.origin, op.seq));
+                }
+            }
+            for op in queue.iter_mut() {
+                if !op.resent && op.at.elapsed() >= first {
+                    op.resent = true;
+                    op.at = Instant::now();
+                    again.push((origin.origin, op.seq, op.payload.clone()));
                 }
             }
         }
         self.ops.retain(|conn, queue| {
             !queue.is_empty() && self.members.iter().any(|m| m.origin.conn == *conn)
         });
-        overdue
+        (again, overdue)
     }
 
     fn remove(&mut self, conn: ConnRef) {
@@ -306,6 +316,7 @@ impl Shard {
                                 seq,
                                 at: Instant::now(),
                                 payload: payload.clone(),
+                                resent: false,
                             });
                     }
                     is_member
@@ -359,7 +370,7 @@ impl Shard {
                 if join {
                     relay.remove(origin.conn);
                 }
-                if seq.is_some() {
+                if let Some(seq) = seq {
                     relay.answered(origin.conn, seq);
                 }
             }
@@ -464,7 +475,11 @@ impl Shard {
                                 }
                             }
                             ToKind::Refused => relay.remove(conn),
-                            ToKind::Reply => relay.answered(conn, None),
+                            ToKind::Reply => {
+                                if let Some(seq) = frames.first().and_then(|f| reply_seq(f)) {
+                                    relay.answered(conn, seq);
+                                }
+                            }
                             _ => {}
                         }
                     }
@@ -570,23 +585,35 @@ impl Shard {
         let Some(fleet) = self.fleet.as_ref() else {
             return;
         };
-        for (origin, seq, payload) in ops {
+        for (origin, seq, payload) in &ops {
             if let Some(FleetRoom::Relayed(relay)) = fleet.rooms.borrow_mut().get_mut(room) {
                 relay
                     .ops
                     .entry(origin.conn)
                     .or_default()
                     .push_back(PendingOp {
-                        seq,
+                        seq: *seq,
                         at: Instant::now(),
                         payload: payload.clone(),
+                        resent: true,
                     });
             }
+        }
+        self.relay_send_again(room, ops);
+    }
+
+    /// Publishes ops again, marked as repeats: the owner applies one only when it has not
+    /// seen its request id; the ops stay pending here as they are.
+    pub(super) fn relay_send_again(&self, room: &RoomId, ops: Vec<Unanswered>) {
+        let Some(fleet) = self.fleet.as_ref() else {
+            return;
+        };
+        for (origin, seq, payload) in ops {
             let msg = wire::InMsg {
                 from: self.addr_of(origin),
                 proto: origin.proto.index() as u8,
                 member: String::new(),
-                kind: wire::InKind::Client(payload),
+                kind: wire::InKind::Resent(payload),
             };
             let mut cmd = redis::cmd("PUBLISH");
             cmd.arg(Keys::of(room).input).arg(wire::encode(&msg));
@@ -684,7 +711,7 @@ impl Shard {
                 id: ack.to.conn,
             };
             if let Some(FleetRoom::Relayed(relay)) = fleet.rooms.borrow_mut().get_mut(room) {
-                relay.answered(conn, Some(ack.seq));
+                relay.answered(conn, ack.seq);
             }
             let frame = ack_frame(room, ack, tick);
             self.send(
@@ -727,6 +754,25 @@ impl Shard {
         };
         ShardMetrics::add(&self.metrics().fleet.gap_repairs, 1);
         glommio::spawn_local(repair(me, room, from)).detach();
+    }
+}
+
+/// The `seq` of a framed server message (an `ack` or an `error` answering an op): the
+/// frame is one unmasked WebSocket frame the server made, binary MessagePack or JSON text.
+fn reply_seq(frame: &[u8]) -> Option<u64> {
+    let start = match frame.get(1)? & 0x7f {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    let payload = frame.get(start..)?;
+    if frame.first()? & 0x0f == 0x2 {
+        let value =
+            crate::protocol::msgpack::decode_value(payload, crate::value::Value::MAX_DEPTH).ok()?;
+        value.as_map()?.get("seq")?.as_u64()
+    } else {
+        let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
+        value.get("seq")?.as_u64()
     }
 }
 
@@ -878,15 +924,47 @@ mod tests {
                 seq,
                 at: now,
                 payload: ByteBuf::new(),
+                resent: false,
             });
         }
-        // An ack of 2 answers 1 and 2; the next reply answers 3.
-        relay.answered(o.conn, Some(2));
-        relay.answered(o.conn, None);
-        assert!(relay.overdue_ops(Duration::from_secs(60)).is_empty());
-        let overdue = relay.overdue_ops(Duration::ZERO);
-        assert_eq!(overdue.len(), 1);
-        assert_eq!(overdue[0].1, 4);
+        // Answers name their op: 1 and 3 are answered, 2 (lost on its way) still waits.
+        relay.answered(o.conn, 1);
+        relay.answered(o.conn, 3);
+        let (again, overdue) = relay.overdue_ops(Duration::from_secs(60), Duration::ZERO);
+        assert!(again.is_empty() && overdue.is_empty());
+        // First sent again, then given up.
+        let (again, overdue) = relay.overdue_ops(Duration::ZERO, Duration::from_secs(60));
+        assert_eq!((again.len(), overdue.len()), (2, 0));
+        assert_eq!((again[0].1, again[1].1), (2, 4));
+        let (again, overdue) = relay.overdue_ops(Duration::ZERO, Duration::ZERO);
+        assert_eq!((again.len(), overdue.len()), (0, 2));
+        assert_eq!(overdue[0].1, 2);
         assert!(relay.ops.is_empty());
+    }
+
+    #[test]
+    fn the_seq_of_a_framed_answer() {
+        for proto in Subprotocol::ALL {
+            let frame = crate::server::encode::frame(
+                &ServerMessage::Error {
+                    code: crate::protocol::ErrorCode::Conflict,
+                    message: "no",
+                    room: Some("r"),
+                    seq: Some(42),
+                },
+                proto,
+            );
+            assert_eq!(reply_seq(&frame), Some(42), "{proto:?}");
+        }
+        let frame = crate::server::encode::frame(
+            &ServerMessage::Ack {
+                room: "r",
+                seq: 7,
+                tick: 9,
+            },
+            Subprotocol::Json,
+        );
+        assert_eq!(reply_seq(&frame), Some(7));
+        assert_eq!(reply_seq(b"\x82"), None);
     }
 }

@@ -95,6 +95,9 @@ pub enum InKind {
     /// An `op` or `msg` exactly as a client sends it (MessagePack), decoded again by the
     /// owner with the client limits.
     Client(ByteBuf),
+    /// An op sent again (its answer never came): the owner applies it only when it has
+    /// not seen this request id (connection, `seq`) yet.
+    Resent(ByteBuf),
     Resync,
 }
 
