@@ -619,3 +619,28 @@ fn owner_subscriber_killed_relayed_ops_are_sent_again() {
         m2.acked
     );
 }
+
+/// A leave published while the owner's subscriber is down is sent again: the client gets
+/// its `left`, and the others see it go.
+#[test]
+fn a_leave_lost_on_its_way_is_sent_again() {
+    let redis = RedisServer::start();
+    let args = ["--relay-timeout", "500ms"];
+    let a = instance(&redis, "a", &args);
+    let b = instance(&redis, "b", &args);
+    let room = "lost-leave";
+    let mut m1 = common::Client::connect(a.addr(), Enc::Json);
+    m1.join(room);
+    let mut m2 = common::Client::connect(b.addr(), Enc::Json);
+    m2.join(room);
+    let leaver = m2.you().to_owned();
+    m1.next_of("presence");
+    for id in pubsub_ids(&redis, "a") {
+        redis.command(&["CLIENT", "KILL", "ID", &id]);
+    }
+    m2.send(serde_json::json!({"t": "leave", "room": room}));
+    let left = m2.next_of("left");
+    assert_eq!(left["room"], room, "{left}");
+    let (presence, _) = m1.recv_until(|v| v["t"] == "presence");
+    assert_eq!(presence["left"], serde_json::json!([leaver]), "{presence}");
+}

@@ -716,7 +716,7 @@ fn relay_watch(shard: &Rc<Shard>, room: RoomId) {
     let timeout = fleet.config.relay_timeout;
     // An op waits for the owner's answer at most a lease (a take-over) and a relay timeout.
     let op_timeout = fleet.config.lease_ttl + timeout;
-    let (empty, stale, (resend, overdue)) = {
+    let (empty, stale, (resend, overdue), (leave_again, left)) = {
         let mut rooms = fleet.rooms.borrow_mut();
         let Some(FleetRoom::Relayed(relay)) = rooms.get_mut(&room) else {
             return;
@@ -725,13 +725,31 @@ fn relay_watch(shard: &Rc<Shard>, room: RoomId) {
             relay.is_empty(),
             relay.unanswered_joins(timeout),
             relay.overdue_ops(timeout, op_timeout),
+            relay.overdue_leaves(timeout, op_timeout),
         )
     };
+    for origin in leave_again {
+        shard.relay_leave_again(&room, origin);
+    }
+    for origin in left {
+        shard.send(
+            origin.conn.shard,
+            MeshMsg::Left {
+                room: room.clone(),
+                conn: origin.conn.id,
+                frame: left_frame(&room, origin),
+            },
+        );
+    }
     shard.relay_send_again(&room, resend);
     for (origin, seq) in overdue {
         shard.answer_unavailable(&room, origin, Some(seq), false);
     }
-    if empty {
+    let leaving = matches!(
+        fleet.rooms.borrow().get(&room),
+        Some(FleetRoom::Relayed(relay)) if relay.has_leaves()
+    );
+    if empty && !leaving {
         fleet.rooms.borrow_mut().remove(&room);
         let subscriber = fleet.subscriber.clone();
         let channel = Keys::of(&room).output;

@@ -55,6 +55,8 @@ pub struct Relay {
     /// A new owner announced itself: once the log is read to its end, the ops still
     /// unanswered were never logged, and are sent to the new owner.
     resend: bool,
+    /// Leaves a client asked for, not answered yet: when sent, and whether sent again.
+    leaves: HashMap<ConnRef, (Origin, Instant, bool)>,
 }
 
 /// A relayed op waiting for its answer, kept to be sent again to a new owner.
@@ -81,11 +83,16 @@ impl Relay {
             buffered: VecDeque::new(),
             ops: HashMap::new(),
             resend: false,
+            leaves: HashMap::new(),
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
+    }
+
+    pub fn has_leaves(&self) -> bool {
+        !self.leaves.is_empty()
     }
 
     /// A join sent for `origin`: `fresh` for the client's own, not for a re-registration
@@ -191,6 +198,28 @@ impl Relay {
             .drain(..)
             .map(|m| (m.origin, m.member))
             .collect()
+    }
+
+    /// Leaves unanswered for `first` are sent again (once); still unanswered `last` after
+    /// that, they are answered here (the owner drops members of dead instances anyway).
+    pub fn overdue_leaves(
+        &mut self,
+        first: Duration,
+        last: Duration,
+    ) -> (Vec<Origin>, Vec<Origin>) {
+        let (mut again, mut given_up) = (Vec::new(), Vec::new());
+        self.leaves.retain(|_, (origin, at, resent)| {
+            if !*resent && at.elapsed() >= first {
+                *resent = true;
+                *at = Instant::now();
+                again.push(*origin);
+            } else if *resent && at.elapsed() >= last {
+                given_up.push(*origin);
+                return false;
+            }
+            true
+        });
+        (again, given_up)
     }
 
     /// Joins to send again: unanswered for longer than `timeout`.
@@ -301,7 +330,15 @@ impl Shard {
                 Some(FleetRoom::Relayed(relay)) => {
                     match &kind {
                         wire::InKind::Join { .. } => relay.add(origin, member.clone(), fresh),
-                        wire::InKind::Leave { .. } => relay.remove(origin.conn),
+                        wire::InKind::Leave { reply } => {
+                            relay.remove(origin.conn);
+                            if *reply {
+                                let resent = !fresh;
+                                relay
+                                    .leaves
+                                    .insert(origin.conn, (origin, Instant::now(), resent));
+                            }
+                        }
                         _ => {}
                     }
                     let is_member = relay.members.iter().any(|m| m.origin.conn == origin.conn);
@@ -475,6 +512,9 @@ impl Shard {
                                 }
                             }
                             ToKind::Refused => relay.remove(conn),
+                            ToKind::Left => {
+                                relay.leaves.remove(&conn);
+                            }
                             ToKind::Reply => {
                                 if let Some(seq) = frames.first().and_then(|f| reply_seq(f)) {
                                     relay.answered(conn, seq);
@@ -578,6 +618,18 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// Sends a client's leave again (its answer never came).
+    pub(super) fn relay_leave_again(&self, room: &RoomId, origin: Origin) {
+        self.relay_send(
+            MeshMsg::Leave {
+                room: room.clone(),
+                origin,
+                reply: true,
+            },
+            false,
+        );
     }
 
     /// Sends unanswered ops again, to a new owner, in their order.
