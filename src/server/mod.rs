@@ -96,9 +96,11 @@ pub fn run(
                 verifier,
                 published,
             ));
+            // Before the inbox: requests from other shards may be handled at once, and
+            // the fleet side must be ready for them.
+            fleet::start(&shard);
             let handler = shard.clone();
             inbox.spawn(move |from, msg: MeshMsg| handler.handle(from, msg));
-            fleet::start(&shard);
             shard_main(shard, into_listener(socket), mode, stop).await;
         }
     })

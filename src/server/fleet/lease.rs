@@ -15,7 +15,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use redis::Value;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::super::owner::RoomHost;
 use super::super::shard::{MeshMsg, Origin, Shard};
@@ -67,8 +67,12 @@ fn ttl_ms(shard: &Shard) -> u64 {
 }
 
 pub fn spawn_acquire(shard: &Shard, room: RoomId) {
-    if let Some(me) = shard.me() {
-        glommio::spawn_local(acquire(me, room, Vec::new(), Carried::default())).detach();
+    debug!(%room, "taking or finding the room's owner");
+    match shard.me() {
+        Some(me) => {
+            glommio::spawn_local(acquire(me, room, Vec::new(), Carried::default())).detach();
+        }
+        None => warn!(%room, "fleet not started on this shard"),
     }
 }
 
@@ -80,6 +84,7 @@ async fn acquire(shard: Rc<Shard>, room: RoomId, members: Vec<(Origin, String)>,
         return;
     };
     let keys = Keys::of(&room);
+    debug!(%room, "acquire started");
     // A join waits a little for Redis (just started, reconnecting) before `unavailable`.
     let patience = Instant::now() + fleet.config.relay_timeout;
     let taken = loop {
@@ -98,6 +103,7 @@ async fn acquire(shard: Rc<Shard>, room: RoomId, members: Vec<(Origin, String)>,
             taken => break taken,
         }
     };
+    debug!(%room, ?taken, "lease attempt");
     match taken {
         Ok(Value::Int(epoch)) if epoch > 0 => {
             let started = Instant::now();
@@ -383,6 +389,7 @@ async fn become_relay(shard: &Rc<Shard>, room: RoomId, members: Vec<(Origin, Str
         let _ = fleet.subscriber.unsubscribe(keys.output).await;
         return fail_queued(shard, &room, members);
     }
+    debug!(%room, "relaying the room");
     let previous = fleet
         .rooms
         .borrow_mut()
