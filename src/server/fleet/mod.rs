@@ -13,8 +13,8 @@
 //!   instances are members of the host too, behind a pseudo shard (`shards`, one past the
 //!   last): whatever the host sends them is published on `:out`, addressed.
 //! - **Relayed**: another instance owns it. Requests of local members are published on
-//!   `:in`; what the owner publishes on `:out` is delivered to them, with tick gaps
-//!   filled from the log first.
+//!   `:in` with their request ids; what the owner publishes on `:out` is delivered to them,
+//!   with tick gaps filled from the log first.
 //!
 //! # Layout
 //!
@@ -33,6 +33,8 @@
 //!   client's copy is a prefix of the log, and an acked op is in the log.
 //! - Appends of one room leave in tick order on one connection, and each append checks
 //!   that the log ends at the tick before it: the log never has a gap.
+//! - The fleet side of a shard is started before its mesh inbox: a request from another
+//!   shard can be handled as soon as the inbox exists.
 
 mod lease;
 mod log;

@@ -12,8 +12,16 @@
 //! order. When the log no longer holds them (trimmed), every local member is registered
 //! again and gets a full `joined`.
 //!
+//! Request ids: an op is relayed with its id (this instance, shard, connection, `seq`)
+//! and kept until an answer names it (an ack riding a delta, an addressed reply). Unanswered
+//! after the relay timeout it is sent once more, marked as a repeat (the owner applies a
+//! repeat only if it never saw the id). When a new owner announces itself, the log is read
+//! to its end first (final for older epochs): ops it acks are settled, the rest were never
+//! applied and go to the new owner. Joins and leaves without an answer are sent again too.
+//!
 //! Invariants: a local member gets a room's deltas in tick order without gaps or
-//! repeats; deltas of an older epoch than one already seen are dropped.
+//! repeats; deltas of an older epoch than one already seen are dropped; an op is applied at
+//! most once, and a client gets `unavailable` only when its op's fate cannot be told.
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
