@@ -495,6 +495,18 @@ impl Shard {
             Some(FleetRoom::Loading { queued }) => queued.push(request),
             Some(FleetRoom::Owned(owned)) => {
                 let lapsed = Instant::now() > owned.lease_until;
+                // The relay only forwards ops of its members: one unknown here was sent
+                // before its re-registration with this (new) owner reached us. Dropped
+                // unseen: the relay sends it again, as a repeat, once that is done.
+                let registered = self
+                    .rooms
+                    .borrow()
+                    .get(&room)
+                    .is_some_and(|h| h.has_member(origin.conn));
+                if !registered && matches!(request, MeshMsg::Op { .. } | MeshMsg::Msg { .. }) {
+                    debug!(%room, "request of a member not registered yet dropped");
+                    return;
+                }
                 if let MeshMsg::Op { seq, .. } = &request {
                     let key = (from, *seq);
                     match (resent, owned.recent.get(&key)) {
@@ -528,16 +540,6 @@ impl Shard {
                     // deadline. An answer from here could contradict the next owner's.
                     debug!(%room, "op relayed to a lapsed owner dropped");
                     return;
-                }
-                // The relay only forwards ops of its members: one unknown here was sent
-                // before its re-registration with this (new) owner reached us.
-                let registered = self
-                    .rooms
-                    .borrow()
-                    .get(&room)
-                    .is_some_and(|h| h.has_member(origin.conn));
-                if !registered && matches!(request, MeshMsg::Op { .. } | MeshMsg::Msg { .. }) {
-                    return self.answer_unavailable(&room, origin, seq, false);
                 }
                 // Routed like a local request: a host dropped meanwhile is loaded again.
                 self.handle(self.id, request);

@@ -13,11 +13,12 @@
 //! again and gets a full `joined`.
 //!
 //! Request ids: an op is relayed with its id (this instance, shard, connection, `seq`)
-//! and kept until an answer names it (an ack riding a delta, an addressed reply). Unanswered
-//! after the relay timeout it is sent once more, marked as a repeat (the owner applies a
-//! repeat only if it never saw the id). When a new owner announces itself, the log is read
-//! to its end first (final for older epochs): ops it acks are settled, the rest were never
-//! applied and go to the new owner. Joins and leaves without an answer are sent again too.
+//! and kept until an answer names it (an ack riding a delta, an addressed reply). It is
+//! sent again every relay timeout while unanswered, marked as a repeat (the owner applies
+//! a repeat only if it never saw the id). When a new owner announces itself, the log is
+//! read to its end first (final for older epochs): ops it acks are settled, the rest were
+//! never applied and go to the new owner. Joins and leaves without an answer are sent
+//! again too.
 //!
 //! Invariants: a local member gets a room's deltas in tick order without gaps or
 //! repeats; deltas of an older epoch than one already seen are dropped; an op is applied at
@@ -70,9 +71,12 @@ pub struct Relay {
 /// A relayed op waiting for its answer, kept to be sent again to a new owner.
 struct PendingOp {
     seq: u64,
+    /// When it was last sent.
     at: Instant,
+    /// When it was first sent (to this owner).
+    since: Instant,
     payload: ByteBuf,
-    /// Sent again after a first timeout (the next one gives up).
+    /// Sent again at least once.
     resent: bool,
 }
 
@@ -140,8 +144,9 @@ impl Relay {
         }
     }
 
-    /// Ops unanswered for `first` are to be sent again (once, marked as a repeat); ops
-    /// still unanswered `last` after that are given up (forgotten here).
+    /// Ops unanswered for `first` since they were last sent are to be sent again (marked
+    /// as repeats); ops still unanswered `first + last` after they were first sent are
+    /// given up (forgotten here).
     pub fn overdue_ops(
         &mut self,
         first: Duration,
@@ -154,14 +159,14 @@ impl Relay {
             };
             while queue
                 .front()
-                .is_some_and(|op| op.resent && op.at.elapsed() >= last)
+                .is_some_and(|op| op.resent && op.since.elapsed() >= first + last)
             {
                 if let Some(op) = queue.pop_front() {
                     overdue.push((origin.origin, op.seq));
                 }
             }
             for op in queue.iter_mut() {
-                if !op.resent && op.at.elapsed() >= first {
+                if op.at.elapsed() >= first {
                     op.resent = true;
                     op.at = Instant::now();
                     again.push((origin.origin, op.seq, op.payload.clone()));
@@ -360,6 +365,7 @@ impl Shard {
                             .push_back(PendingOp {
                                 seq,
                                 at: Instant::now(),
+                                since: Instant::now(),
                                 payload: payload.clone(),
                                 resent: false,
                             });
@@ -654,6 +660,7 @@ impl Shard {
                     .push_back(PendingOp {
                         seq: *seq,
                         at: Instant::now(),
+                        since: Instant::now(),
                         payload: payload.clone(),
                         resent: true,
                     });
@@ -983,6 +990,7 @@ mod tests {
             queue.push_back(PendingOp {
                 seq,
                 at: now,
+                since: now,
                 payload: ByteBuf::new(),
                 resent: false,
             });
