@@ -416,7 +416,6 @@ impl Shard {
     }
 
     fn fleet_event(&self, event: SubscriberEvent) {
-        debug!(?event, "pub/sub event");
         match event {
             SubscriberEvent::Message { channel, payload } => match Channel::parse(&channel) {
                 Some(Channel::In(room)) => self.owner_from_relay(room, &payload),
