@@ -22,7 +22,8 @@
 //! - `writer.rs`: the ordered command stream of a shard (appends and publishes).
 //! - `lease.rs`: taking, loading, renewing, releasing and stepping down; the periodic watch.
 //! - `log.rs`: appends, durable acks (the held outputs of a room), snapshots.
-//! - `relay.rs`: the non-owner side: relaying requests, delivering `:out`, gap repair.
+//! - `relay.rs`: the non-owner side: relaying requests with their ids, delivering `:out`;
+//!   `relay/repair.rs`: gap repair from the log.
 //!
 //! # Invariants
 //!

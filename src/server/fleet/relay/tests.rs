@@ -1,0 +1,97 @@
+//! Unit tests of the relay's bookkeeping.
+
+use super::*;
+
+fn origin(shard: usize, id: u64) -> Origin {
+    Origin {
+        conn: ConnRef { shard, id },
+        proto: Subprotocol::MsgPack,
+    }
+}
+
+#[test]
+fn members_are_counted_per_shard_and_protocol() {
+    let mut relay = Relay::new(2);
+    relay.add(origin(1, 7), "m7".into(), true);
+    relay.add(origin(1, 7), "m7".into(), true);
+    relay.add(origin(0, 8), "m8".into(), true);
+    assert_eq!(relay.per_shard, vec![1, 1]);
+    assert_eq!(relay.per_proto, [2, 0]);
+    relay.remove(origin(1, 7).conn);
+    relay.remove(origin(1, 7).conn);
+    assert_eq!(relay.per_shard, vec![1, 0]);
+    assert_eq!(relay.take_members().len(), 1);
+    assert!(relay.is_empty());
+    assert_eq!(relay.per_shard, vec![0, 0]);
+}
+
+#[test]
+fn a_re_registration_keeps_an_answered_member_answered() {
+    let mut relay = Relay::new(1);
+    relay.add(origin(0, 1), "m".into(), true);
+    assert_eq!(relay.unanswered_joins(Duration::ZERO).len(), 1);
+    relay.members[0].answered = true;
+    relay.add(origin(0, 1), "m".into(), false);
+    assert!(relay.members[0].answered);
+    assert!(relay.unanswered_joins(Duration::ZERO).is_empty());
+    // The client joining again waits for a first answer again.
+    relay.add(origin(0, 1), "m".into(), true);
+    assert!(!relay.members[0].answered);
+}
+
+#[test]
+fn ops_are_answered_in_order_and_overdue_ones_reported() {
+    let mut relay = Relay::new(1);
+    let o = origin(0, 1);
+    relay.add(o, "m".into(), true);
+    let queue = relay.ops.entry(o.conn).or_default();
+    let now = Instant::now();
+    for seq in 1..=4 {
+        queue.push_back(PendingOp {
+            seq,
+            at: now,
+            since: now,
+            payload: ByteBuf::new(),
+            resent: false,
+        });
+    }
+    // Answers name their op: 1 and 3 are answered, 2 (lost on its way) still waits.
+    relay.answered(o.conn, 1);
+    relay.answered(o.conn, 3);
+    let (again, overdue) = relay.overdue_ops(Duration::from_secs(60), Duration::ZERO);
+    assert!(again.is_empty() && overdue.is_empty());
+    // First sent again, then given up.
+    let (again, overdue) = relay.overdue_ops(Duration::ZERO, Duration::from_secs(60));
+    assert_eq!((again.len(), overdue.len()), (2, 0));
+    assert_eq!((again[0].1, again[1].1), (2, 4));
+    let (again, overdue) = relay.overdue_ops(Duration::ZERO, Duration::ZERO);
+    assert_eq!((again.len(), overdue.len()), (0, 2));
+    assert_eq!(overdue[0].1, 2);
+    assert!(relay.ops.is_empty());
+}
+
+#[test]
+fn the_seq_of_a_framed_answer() {
+    for proto in Subprotocol::ALL {
+        let frame = crate::server::encode::frame(
+            &ServerMessage::Error {
+                code: crate::protocol::ErrorCode::Conflict,
+                message: "no",
+                room: Some("r"),
+                seq: Some(42),
+            },
+            proto,
+        );
+        assert_eq!(reply_seq(&frame), Some(42), "{proto:?}");
+    }
+    let frame = crate::server::encode::frame(
+        &ServerMessage::Ack {
+            room: "r",
+            seq: 7,
+            tick: 9,
+        },
+        Subprotocol::Json,
+    );
+    assert_eq!(reply_seq(&frame), Some(7));
+    assert_eq!(reply_seq(b"\x82"), None);
+}
