@@ -120,6 +120,7 @@ async fn shard_main(
         loop {
             flusher.dirty_rooms().await;
             // Let every task that is ready this turn apply its ops first: they share one delta.
+            // (Measured: without this yield, fanout-1core's p50 went from ~2.5 ms to ~110 ms.)
             futures_lite::future::yield_now().await;
             flusher.flush_dirty();
         }
