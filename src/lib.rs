@@ -13,7 +13,9 @@
 //! - [`redis`]: the per-shard Redis client on glommio: a sans-IO RESP decoder, pipelined
 //!   command connection, subscriber connection, reconnect with backoff.
 //! - [`server`]: the glommio side: per-shard state, connection tasks, cross-shard routing,
-//!   HTTP endpoints, metrics, the echo mode used for conformance runs.
+//!   HTTP endpoints, metrics and latency telemetry, the echo mode used for conformance runs,
+//!   and (`server::fleet`) the Redis fleet mode: leases, the durable log, relays between
+//!   instances.
 //!
 //! The shard-per-core runtime itself (executors, `SO_REUSEPORT` listeners, key -> shard
 //! hashing, the channel mesh) is the `kasagi-shards` crate in `shards/`.
