@@ -249,3 +249,33 @@ fn slow_consumer_on_a_relaying_instance_is_resynced() {
     assert_eq!(mirror.state["seq"], total);
     println!("slow client on the relay: {resyncs} resync(s), converged at tick {last_tick}");
 }
+
+/// The owner's appends show up as Redis round trips in `/metrics` (published once a second).
+#[test]
+fn redis_round_trips_are_in_the_metrics() {
+    let redis = RedisServer::start();
+    let a = instance(&redis, "a", &[]);
+    let mut m = Member::join(a.addr(), Enc::Msgpack, "timed");
+    for i in 0..5 {
+        m.send_inc(1 + i);
+        while m.pump(Duration::from_millis(1)) {}
+    }
+    m.settle(Duration::from_secs(10));
+    let count = || {
+        let (status, _, body) = common::http_get(a.addr(), "/metrics");
+        assert_eq!(status, 200);
+        body.lines()
+            .find_map(|l| l.strip_prefix("kasagi_redis_round_trip_seconds_count "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // Polling a value that is republished each second, not ordering events.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while count() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no Redis round trip recorded"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -25,10 +25,17 @@ pub enum Stage {
     FlushToWrite = 1,
     /// A message sent to another shard -> handled there.
     ShardHop = 2,
+    /// A pipeline of appends, lease and relay commands sent to Redis -> its replies read.
+    RedisRoundTrip = 3,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 3] = [Stage::OpToFlush, Stage::FlushToWrite, Stage::ShardHop];
+    pub const ALL: [Stage; 4] = [
+        Stage::OpToFlush,
+        Stage::FlushToWrite,
+        Stage::ShardHop,
+        Stage::RedisRoundTrip,
+    ];
 
     /// The Prometheus metric name.
     pub fn metric(self) -> &'static str {
@@ -36,6 +43,7 @@ impl Stage {
             Stage::OpToFlush => "kasagi_op_to_flush_seconds",
             Stage::FlushToWrite => "kasagi_flush_to_write_seconds",
             Stage::ShardHop => "kasagi_shard_hop_seconds",
+            Stage::RedisRoundTrip => "kasagi_redis_round_trip_seconds",
         }
     }
 
@@ -44,6 +52,7 @@ impl Stage {
             Stage::OpToFlush => "Op received from a socket to its delta flushed.",
             Stage::FlushToWrite => "Delta flushed to handed to a member's socket.",
             Stage::ShardHop => "Cross-shard message sent to handled.",
+            Stage::RedisRoundTrip => "Redis pipeline sent to its replies read (fleet mode).",
         }
     }
 }
@@ -56,17 +65,13 @@ fn new_histogram() -> Histogram<u64> {
 
 /// One shard's histograms.
 pub struct Recorder {
-    histograms: [RefCell<Histogram<u64>>; 3],
+    histograms: [RefCell<Histogram<u64>>; 4],
 }
 
 impl Default for Recorder {
     fn default() -> Self {
         Recorder {
-            histograms: [
-                RefCell::new(new_histogram()),
-                RefCell::new(new_histogram()),
-                RefCell::new(new_histogram()),
-            ],
+            histograms: std::array::from_fn(|_| RefCell::new(new_histogram())),
         }
     }
 }
@@ -93,14 +98,14 @@ impl Recorder {
 
 /// Every shard's last published histograms.
 pub struct Published {
-    slots: Vec<Mutex<[Histogram<u64>; 3]>>,
+    slots: Vec<Mutex<[Histogram<u64>; 4]>>,
 }
 
 impl Published {
     pub fn new(shards: usize) -> Arc<Published> {
         Arc::new(Published {
             slots: (0..shards)
-                .map(|_| Mutex::new([new_histogram(), new_histogram(), new_histogram()]))
+                .map(|_| Mutex::new(std::array::from_fn(|_| new_histogram())))
                 .collect(),
         })
     }

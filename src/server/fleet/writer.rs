@@ -85,7 +85,12 @@ pub async fn run(shard: Rc<Shard>, client: Rc<Client>) {
         for (cmd, _) in &batch {
             pipe.add_command(cmd.clone());
         }
+        let sent = std::time::Instant::now();
         let outcome = client.pipeline(&pipe).await;
+        shard.telemetry.record(
+            crate::server::telemetry::Stage::RedisRoundTrip,
+            sent.elapsed(),
+        );
         fleet.writer.busy.set(false);
         match outcome {
             Ok(replies) => {
