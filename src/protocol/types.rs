@@ -10,20 +10,23 @@ use serde::ser::{Serialize, SerializeSeq, Serializer};
 use crate::value::Value;
 
 /// A validated room id: 1 to 128 bytes of `A-Z a-z 0-9 _ . : -`.
+///
+/// Shared, not copied: every mesh message, member list and delta of a room names it, and a
+/// clone is a reference count.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RoomId(String);
+pub struct RoomId(std::sync::Arc<str>);
 
 impl RoomId {
     pub const MAX_LEN: usize = 128;
 
     /// The id, when `s` is a valid room id.
     pub fn parse(s: &str) -> Option<RoomId> {
-        Self::is_valid(s).then(|| RoomId(s.to_owned()))
+        Self::is_valid(s).then(|| RoomId(s.into()))
     }
 
-    /// The id, when `s` is a valid room id; reuses the string's allocation.
+    /// As [`RoomId::parse`], for a string the caller already owns.
     pub fn parse_owned(s: String) -> Option<RoomId> {
-        Self::is_valid(&s).then_some(RoomId(s))
+        Self::is_valid(&s).then(|| RoomId(s.into()))
     }
 
     fn is_valid(s: &str) -> bool {
