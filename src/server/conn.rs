@@ -102,7 +102,10 @@ pub async fn serve_socket(shard: Rc<Shard>, stream: TcpStream, mode: Mode) {
     // closing linger are boxed futures of their own, so they cost nothing once done.
     // This keeps an idle connection to its stream, its state and this small future.
     let mut stream = Box::new(stream);
-    let peer = stream.peer_addr().ok();
+    // getpeername is a syscall per connection: only when the debug lines will be written.
+    let peer = tracing::enabled!(tracing::Level::DEBUG)
+        .then(|| stream.peer_addr().ok())
+        .flatten();
     let opened = match Box::pin(read_request(&shard, &mut stream, mode)).await {
         Ok(opened) => opened,
         Err(err) => {
