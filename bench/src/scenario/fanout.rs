@@ -376,7 +376,18 @@ async fn probe_shard(
     writer
         .send_with(proto, |out| wire::encode_leave(out, proto, &room))
         .await?;
-    Ok(shard)
+    // The `left` answers the leave; left unread it would count as an unasked one later.
+    loop {
+        match reader.next_message().await? {
+            Incoming::Close(code) => return Err(ConnError::Closed(code)),
+            Incoming::Data(payload) => {
+                let view = ServerView::decode(payload, proto).map_err(ConnError::Glommio)?;
+                if view.t.as_ref() == "left" && view.room.as_deref() == Some(room.as_str()) {
+                    return Ok(shard);
+                }
+            }
+        }
+    }
 }
 
 async fn join(
