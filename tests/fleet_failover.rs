@@ -644,3 +644,33 @@ fn a_leave_lost_on_its_way_is_sent_again() {
     let (presence, _) = m1.recv_until(|v| v["t"] == "presence");
     assert_eq!(presence["left"], serde_json::json!([leaver]), "{presence}");
 }
+
+/// The same for a client that disconnects: its instance's leave expects no answer for the
+/// client, but it still waits for one, so a leave lost while the owner's subscriber is down
+/// is sent again and the member does not stay behind.
+#[test]
+fn a_disconnects_leave_lost_on_its_way_is_sent_again() {
+    let redis = RedisServer::start();
+    let args = ["--relay-timeout", "500ms"];
+    let a = instance(&redis, "a", &args);
+    let b = instance(&redis, "b", &args);
+    let room = "lost-disconnect";
+    let mut m1 = common::Client::connect(a.addr(), Enc::Json);
+    m1.join(room);
+    let mut m2 = common::Client::connect(b.addr(), Enc::Json);
+    m2.join(room);
+    let leaver = m2.you().to_owned();
+    m1.next_of("presence");
+    for id in pubsub_ids(&redis, "a") {
+        redis.command(&["CLIENT", "KILL", "ID", &id]);
+    }
+    drop(m2);
+    let (presence, _) = m1.recv_until(|v| v["t"] == "presence");
+    assert_eq!(presence["left"], serde_json::json!([leaver]), "{presence}");
+    let joined = common::Client::connect(a.addr(), Enc::Json).join(room);
+    let members = joined["members"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !members.iter().any(|m| m == leaver.as_str()),
+        "{leaver} stayed a member: {joined}"
+    );
+}

@@ -292,15 +292,14 @@ impl Shard {
                 None,
                 true,
             ),
-            MeshMsg::Leave {
-                room,
-                origin,
-                reply,
-            } => (
+            // Every relayed leave asks for an answer, a disconnect's too: Pub/Sub may lose
+            // it, and only an answer tells the relay to stop sending it again (the answer
+            // to a gone connection is dropped on delivery).
+            MeshMsg::Leave { room, origin, .. } => (
                 room,
                 origin,
                 String::new(),
-                wire::InKind::Leave { reply },
+                wire::InKind::Leave { reply: true },
                 None,
                 false,
             ),
@@ -347,14 +346,12 @@ impl Shard {
                 Some(FleetRoom::Relayed(relay)) => {
                     match &kind {
                         wire::InKind::Join { .. } => relay.add(origin, member.clone(), fresh),
-                        wire::InKind::Leave { reply } => {
+                        wire::InKind::Leave { .. } => {
                             relay.remove(origin.conn);
-                            if *reply {
-                                let resent = !fresh;
-                                relay
-                                    .leaves
-                                    .insert(origin.conn, (origin, Instant::now(), resent));
-                            }
+                            let resent = !fresh;
+                            relay
+                                .leaves
+                                .insert(origin.conn, (origin, Instant::now(), resent));
                         }
                         _ => {}
                     }
