@@ -620,15 +620,15 @@ fn owner_subscriber_killed_relayed_ops_are_sent_again() {
     );
 }
 
-/// A leave published while the owner's subscriber is down is sent again: the client gets
-/// its `left`, and the others see it go.
-#[test]
-fn a_leave_lost_on_its_way_is_sent_again() {
+/// A member on instance b of a room owned by instance a leaves (`leave` does it, with the
+/// member's client) right after a's subscriber was killed, so what b publishes may be lost:
+/// the leave is sent again, the other member sees it go, and a fresh join on the owner no
+/// longer lists it.
+fn leave_while_the_owners_subscriber_is_down(room: &str, leave: impl FnOnce(common::Client)) {
     let redis = RedisServer::start();
     let args = ["--relay-timeout", "500ms"];
     let a = instance(&redis, "a", &args);
     let b = instance(&redis, "b", &args);
-    let room = "lost-leave";
     let mut m1 = common::Client::connect(a.addr(), Enc::Json);
     m1.join(room);
     let mut m2 = common::Client::connect(b.addr(), Enc::Json);
@@ -638,33 +638,7 @@ fn a_leave_lost_on_its_way_is_sent_again() {
     for id in pubsub_ids(&redis, "a") {
         redis.command(&["CLIENT", "KILL", "ID", &id]);
     }
-    m2.send(serde_json::json!({"t": "leave", "room": room}));
-    let left = m2.next_of("left");
-    assert_eq!(left["room"], room, "{left}");
-    let (presence, _) = m1.recv_until(|v| v["t"] == "presence");
-    assert_eq!(presence["left"], serde_json::json!([leaver]), "{presence}");
-}
-
-/// The same for a client that disconnects: its instance's leave expects no answer for the
-/// client, but it still waits for one, so a leave lost while the owner's subscriber is down
-/// is sent again and the member does not stay behind.
-#[test]
-fn a_disconnects_leave_lost_on_its_way_is_sent_again() {
-    let redis = RedisServer::start();
-    let args = ["--relay-timeout", "500ms"];
-    let a = instance(&redis, "a", &args);
-    let b = instance(&redis, "b", &args);
-    let room = "lost-disconnect";
-    let mut m1 = common::Client::connect(a.addr(), Enc::Json);
-    m1.join(room);
-    let mut m2 = common::Client::connect(b.addr(), Enc::Json);
-    m2.join(room);
-    let leaver = m2.you().to_owned();
-    m1.next_of("presence");
-    for id in pubsub_ids(&redis, "a") {
-        redis.command(&["CLIENT", "KILL", "ID", &id]);
-    }
-    drop(m2);
+    leave(m2);
     let (presence, _) = m1.recv_until(|v| v["t"] == "presence");
     assert_eq!(presence["left"], serde_json::json!([leaver]), "{presence}");
     let joined = common::Client::connect(a.addr(), Enc::Json).join(room);
@@ -673,4 +647,22 @@ fn a_disconnects_leave_lost_on_its_way_is_sent_again() {
         !members.iter().any(|m| m == leaver.as_str()),
         "{leaver} stayed a member: {joined}"
     );
+}
+
+/// A leave the client asks for: it also gets its `left`.
+#[test]
+fn a_leave_lost_on_its_way_is_sent_again() {
+    let room = "lost-leave";
+    leave_while_the_owners_subscriber_is_down(room, |mut m2| {
+        m2.send(serde_json::json!({"t": "leave", "room": room}));
+        let left = m2.next_of("left");
+        assert_eq!(left["room"], room, "{left}");
+    });
+}
+
+/// A client that disconnects: its instance's leave expects no answer for the client, but
+/// still waits for one, so a lost one is sent again and the member does not stay behind.
+#[test]
+fn a_disconnects_leave_lost_on_its_way_is_sent_again() {
+    leave_while_the_owners_subscriber_is_down("lost-disconnect", drop);
 }
