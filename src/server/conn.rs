@@ -376,7 +376,7 @@ fn route(
 
 struct WsIo {
     reader: Reader,
-    /// Bytes of an incomplete frame, kept until the rest arrives.
+    /// Bytes of an incomplete frame header or control frame, kept until the rest arrives.
     pending: Vec<u8>,
     read_open: bool,
     /// The client sent a close frame and ours answers it.
@@ -445,42 +445,28 @@ impl WsIo {
         conn: &Rc<Conn>,
         session: &mut Sessions,
     ) -> Poll<io::Result<usize>> {
-        if self.pending.is_empty() {
-            return SCRATCH.with(|scratch| {
-                let mut scratch = scratch.borrow_mut();
-                let n = match Pin::new(&mut *stream).poll_read(cx, &mut scratch[..]) {
-                    Poll::Ready(Ok(n)) if n > 0 => n,
-                    other => return other,
-                };
-                let consumed = self.process(shard, conn, session, &mut scratch[..n]);
-                if consumed < n && self.read_open {
-                    self.pending.extend_from_slice(&scratch[consumed..n]);
-                }
-                Poll::Ready(Ok(n))
-            });
-        }
-        let filled = self.pending.len();
-        let want = filled.clamp(16 * 1024, 1 << 20);
-        self.pending.resize(filled + want, 0);
-        let read = Pin::new(&mut *stream).poll_read(cx, &mut self.pending[filled..]);
-        let n = match read {
-            Poll::Ready(Ok(n)) if n > 0 => n,
-            other => {
-                self.pending.truncate(filled);
-                return other;
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            // What the reader left unconsumed is only an incomplete frame header or control
+            // frame (at most 139 bytes): it goes in front of the new bytes, so every read,
+            // split frame or not, lands in the shard's buffer.
+            let carried = self.pending.len();
+            if scratch.len() < carried + SCRATCH_BYTES / 2 {
+                scratch.resize(carried + SCRATCH_BYTES / 2, 0);
             }
-        };
-        self.pending.truncate(filled + n);
-        let mut data = std::mem::take(&mut self.pending);
-        let consumed = self.process(shard, conn, session, &mut data);
-        if self.read_open && consumed < data.len() {
-            data.drain(..consumed);
-            if data.capacity() > 4 * data.len().max(64 * 1024) {
-                data.shrink_to(data.len().max(64 * 1024));
+            scratch[..carried].copy_from_slice(&self.pending);
+            let n = match Pin::new(&mut *stream).poll_read(cx, &mut scratch[carried..]) {
+                Poll::Ready(Ok(n)) if n > 0 => n,
+                other => return other,
+            };
+            self.pending.clear();
+            let end = carried + n;
+            let consumed = self.process(shard, conn, session, &mut scratch[..end]);
+            if consumed < end && self.read_open {
+                self.pending.extend_from_slice(&scratch[consumed..end]);
             }
-            self.pending = data;
-        }
-        Poll::Ready(Ok(n))
+            Poll::Ready(Ok(n))
+        })
     }
 
     /// Decodes and handles events from `data`; returns how many bytes were consumed.
