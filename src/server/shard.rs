@@ -97,8 +97,10 @@ pub enum MeshMsg {
         /// Set for deltas: when the delta was flushed.
         flushed_at: Option<Instant>,
     },
-    /// A `joined` (and the deltas of a resume) for one member: the answer to its join, or
-    /// an unasked snapshot for a slow consumer (`answers_join` false).
+    /// A `joined` (and the deltas of a resume) for one member: framed as the answer to a
+    /// join, or as an unasked snapshot for a slow consumer (`answers_join` false, the frame
+    /// says `resync`). An answer the client has no join waiting for (a re-registration
+    /// after an owner change) is marked unasked by the connection's shard.
     Joined {
         room: RoomId,
         conn: ConnId,
@@ -145,6 +147,8 @@ pub struct RoomEntry {
     member: bool,
     /// Joins and leaves sent to the owner and not answered yet.
     pending: u32,
+    /// Of those, the joins: a `joined` answer while none waits is unasked.
+    joins: u32,
     /// The connection is in the shard's member list of the room.
     listed: bool,
     sync: Sync,
@@ -156,6 +160,7 @@ impl RoomEntry {
             wanted: false,
             member: false,
             pending: 0,
+            joins: 0,
             listed: false,
             sync: Sync::Synced,
         }
@@ -531,6 +536,7 @@ impl Shard {
                     let entry = rooms.entry(room.clone()).or_insert_with(RoomEntry::new);
                     entry.wanted = true;
                     entry.pending += 1;
+                    entry.joins += 1;
                 }
                 let origin = self.origin(conn);
                 let member = conn.member.to_string();
@@ -654,7 +660,13 @@ impl Shard {
         ShardMetrics::add(&self.metrics().messages_out, sent);
     }
 
-    fn member_joined(&self, room: RoomId, conn: ConnId, frames: Vec<Bytes>, answers_join: bool) {
+    fn member_joined(
+        &self,
+        room: RoomId,
+        conn: ConnId,
+        mut frames: Vec<Bytes>,
+        answers_join: bool,
+    ) {
         let Some(conn) = self.conns.borrow().get(&conn).cloned() else {
             return;
         };
@@ -664,7 +676,19 @@ impl Shard {
                 return;
             };
             if answers_join {
-                entry.pending = entry.pending.saturating_sub(1);
+                if entry.joins > 0 {
+                    entry.joins -= 1;
+                    entry.pending = entry.pending.saturating_sub(1);
+                } else if let Some(first) = frames.first_mut() {
+                    // Registered again by a new owner: PROTOCOL.md marks a snapshot the
+                    // client did not ask for.
+                    match encode::mark_resync(first) {
+                        Some(marked) => *first = marked,
+                        None => {
+                            tracing::warn!(%room, "an unasked joined could not be marked resync")
+                        }
+                    }
+                }
                 entry.member = true;
             }
             // A snapshot, asked for or not, supersedes every delta before it.
@@ -703,6 +727,9 @@ impl Shard {
             match rooms.get_mut(&room) {
                 Some(entry) => {
                     entry.pending = entry.pending.saturating_sub(1);
+                    if refused {
+                        entry.joins = entry.joins.saturating_sub(1);
+                    }
                     let unlist = !refused && entry.listed;
                     if !refused {
                         entry.member = false;

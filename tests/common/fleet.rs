@@ -239,6 +239,8 @@ pub struct Member {
     pub removed: u64,
     /// Ticks seen in deltas, in order (checked consecutive as they come).
     pub deltas: u64,
+    /// Unasked snapshots (`joined` with `resync: true`).
+    pub resyncs: u64,
 }
 
 impl Member {
@@ -263,6 +265,7 @@ impl Member {
             unknown_sum: 0,
             removed: 0,
             deltas: 0,
+            resyncs: 0,
         }
     }
 
@@ -365,7 +368,17 @@ impl Member {
                 }
                 self.unavailable += 1;
             }
-            Some("joined") => self.absorb_joined(&value),
+            Some("joined") => {
+                // Joins are answered in `join`/`reconnect`: this one is unasked.
+                assert_eq!(
+                    value["resync"],
+                    true,
+                    "{}: an unasked joined must say resync: {value}",
+                    self.client.you()
+                );
+                self.resyncs += 1;
+                self.absorb_joined(&value);
+            }
             Some("left") => self.removed += 1,
             Some("presence" | "pong" | "msg") => {}
             _ => panic!("unexpected message {value}"),

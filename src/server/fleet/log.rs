@@ -332,12 +332,11 @@ impl Shard {
             Job::Relayed {
                 room,
                 origin,
-                seq,
-                join,
+                request,
             } => {
                 if let Err(error) = reply {
-                    warn!(%room, cause = %error, "relaying a request failed");
-                    self.relay_failed(&room, origin, seq, join);
+                    warn!(%room, ?request, cause = %error, "relaying a request failed");
+                    self.relay_failed(&room, origin, request);
                 }
             }
             Job::Fire => {

@@ -413,7 +413,16 @@ impl Shard {
             return;
         };
         let frames = frames.iter().map(wire::bytes_of).collect();
-        fleet.publish_out(&room, &OutMsg::To { to, kind, frames });
+        let epoch = fleet.owned_epoch(&room).unwrap_or(0);
+        fleet.publish_out(
+            &room,
+            &OutMsg::To {
+                to,
+                kind,
+                frames,
+                epoch,
+            },
+        );
     }
 
     fn fleet_event(&self, event: SubscriberEvent) {

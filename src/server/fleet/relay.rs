@@ -35,7 +35,7 @@ use super::super::metrics::ShardMetrics;
 use super::super::shard::{ConnRef, Frames, MeshMsg, Origin, Shard};
 use super::log::{ack_frame, read_log};
 use super::wire::{self, Keys, OutMsg, RemoteAddr, ToKind};
-use super::writer::Job;
+use super::writer::{Job, Request};
 use super::FleetRoom;
 use crate::protocol::{encode_client_into, ClientMessage, RoomId, ServerMessage, Subprotocol};
 use crate::room::DeltaRecord;
@@ -49,6 +49,9 @@ struct RelayMember {
     member: String,
     /// The owner answered the member's last join.
     answered: bool,
+    /// The epoch of the owner that last answered a join of the member (0: none did): a
+    /// new owner's announcement needs no re-registration of members it answered itself.
+    answered_epoch: u64,
     sent_at: Instant,
 }
 
@@ -130,21 +133,34 @@ impl Relay {
             origin,
             member,
             answered: false,
+            answered_epoch: 0,
             sent_at: now,
         });
     }
 
     /// An answer (ack or error) to op `seq` of `conn`. Only that op: an earlier one may
     /// have been lost on its way and still wait to be sent again.
-    fn answered(&mut self, conn: ConnRef, seq: u64) {
+    /// Whether the op was still waiting.
+    fn answered(&mut self, conn: ConnRef, seq: u64) -> bool {
         let Some(queue) = self.ops.get_mut(&conn) else {
-            return;
+            return false;
         };
-        if let Some(i) = queue.iter().position(|op| op.seq == seq) {
+        let found = queue.iter().position(|op| op.seq == seq);
+        if let Some(i) = found {
             queue.remove(i);
         }
         if queue.is_empty() {
             self.ops.remove(&conn);
+        }
+        found.is_some()
+    }
+
+    /// A member's registration failed to go out: it waits for an answer again, and is sent
+    /// again a relay timeout later.
+    fn unanswer(&mut self, conn: ConnRef) {
+        if let Some(m) = self.members.iter_mut().find(|m| m.origin.conn == conn) {
+            m.answered = false;
+            m.sent_at = Instant::now();
         }
     }
 
@@ -183,12 +199,15 @@ impl Relay {
         (again, overdue)
     }
 
-    fn remove(&mut self, conn: ConnRef) {
-        if let Some(i) = self.members.iter().position(|m| m.origin.conn == conn) {
-            let m = self.members.remove(i);
-            self.per_shard[conn.shard] -= 1;
-            self.per_proto[m.origin.proto.index()] -= 1;
-        }
+    /// Whether it was a member.
+    fn remove(&mut self, conn: ConnRef) -> bool {
+        let Some(i) = self.members.iter().position(|m| m.origin.conn == conn) else {
+            return false;
+        };
+        let m = self.members.remove(i);
+        self.per_shard[conn.shard] -= 1;
+        self.per_proto[m.origin.proto.index()] -= 1;
+        true
     }
 
     /// The last tick delivered to the members.
@@ -249,8 +268,14 @@ impl Relay {
     }
 
     fn rejoin_all(&self) -> Vec<(Origin, String)> {
+        self.rejoins_for(u64::MAX)
+    }
+
+    /// The members to register with the owner of `epoch`: all but those it answered.
+    fn rejoins_for(&self, epoch: u64) -> Vec<(Origin, String)> {
         self.members
             .iter()
+            .filter(|m| !m.answered || m.answered_epoch < epoch)
             .map(|m| (m.origin, m.member.clone()))
             .collect()
     }
@@ -277,7 +302,7 @@ impl Shard {
         let Some(fleet) = self.fleet.as_ref() else {
             return;
         };
-        let (room, origin, member, kind, seq, join) = match msg {
+        let (room, origin, member, kind, request) = match msg {
             MeshMsg::Join {
                 room,
                 origin,
@@ -289,8 +314,11 @@ impl Shard {
                 origin,
                 member,
                 wire::InKind::Join { since, epoch },
-                None,
-                true,
+                if fresh {
+                    Request::Join
+                } else {
+                    Request::Rejoin
+                },
             ),
             // Every relayed leave asks for an answer, a disconnect's too: Pub/Sub may lose
             // it, and only an answer tells the relay to stop sending it again (the answer
@@ -300,8 +328,11 @@ impl Shard {
                 origin,
                 String::new(),
                 wire::InKind::Leave { reply: true },
-                None,
-                false,
+                if fresh {
+                    Request::Leave
+                } else {
+                    Request::LeaveAgain
+                },
             ),
             MeshMsg::Op {
                 room,
@@ -318,7 +349,7 @@ impl Shard {
                 };
                 encode_client_into(&msg, Subprotocol::MsgPack, &mut payload);
                 let kind = wire::InKind::Client(serde_bytes::ByteBuf::from(payload));
-                (room, origin, String::new(), kind, Some(seq), false)
+                (room, origin, String::new(), kind, Request::Op(seq))
             }
             MeshMsg::Msg { room, origin, data } => {
                 let mut payload = Vec::new();
@@ -328,17 +359,20 @@ impl Shard {
                 };
                 encode_client_into(&msg, Subprotocol::MsgPack, &mut payload);
                 let kind = wire::InKind::Client(serde_bytes::ByteBuf::from(payload));
-                (room, origin, String::new(), kind, None, false)
+                (room, origin, String::new(), kind, Request::Msg)
             }
             MeshMsg::Resync { room, origin } => (
                 room,
                 origin,
                 String::new(),
                 wire::InKind::Resync,
-                None,
-                false,
+                Request::Resync,
             ),
             _ => return,
+        };
+        let seq = match request {
+            Request::Op(seq) => Some(seq),
+            _ => None,
         };
         let is_member = {
             let mut rooms = fleet.rooms.borrow_mut();
@@ -409,25 +443,59 @@ impl Shard {
             Job::Relayed {
                 room,
                 origin,
-                seq,
-                join,
+                request,
             },
         );
     }
 
-    /// A relayed request could not be published: the client gets `unavailable`.
-    pub(super) fn relay_failed(&self, room: &RoomId, origin: Origin, seq: Option<u64>, join: bool) {
-        if let Some(fleet) = self.fleet.as_ref() {
-            if let Some(FleetRoom::Relayed(relay)) = fleet.rooms.borrow_mut().get_mut(room) {
-                if join {
-                    relay.remove(origin.conn);
-                }
-                if let Some(seq) = seq {
-                    relay.answered(origin.conn, seq);
-                }
-            }
+    /// A relayed request could not be published. A request of the client is answered
+    /// `unavailable` once (not when it was answered already, or when the room changed
+    /// hands meanwhile: a take-over settles the relay's members and ops); a repeat the
+    /// relay made on its own is tried again later.
+    pub(super) fn relay_failed(&self, room: &RoomId, origin: Origin, request: Request) {
+        let Some(fleet) = self.fleet.as_ref() else {
+            return;
+        };
+        if request == Request::Resync {
+            return self.resync_later(room.clone(), origin);
         }
-        self.answer_unavailable(room, origin, seq, join);
+        let answer = match fleet.rooms.borrow_mut().get_mut(room) {
+            Some(FleetRoom::Relayed(relay)) => match request {
+                Request::Join => relay.remove(origin.conn),
+                Request::Rejoin => {
+                    relay.unanswer(origin.conn);
+                    false
+                }
+                Request::Op(seq) => relay.answered(origin.conn, seq),
+                Request::Leave | Request::Msg => true,
+                Request::LeaveAgain | Request::Resync => false,
+            },
+            _ => matches!(request, Request::Leave | Request::Msg),
+        };
+        if answer {
+            let seq = match request {
+                Request::Op(seq) => Some(seq),
+                _ => None,
+            };
+            self.answer_unavailable(room, origin, seq, request == Request::Join);
+        }
+    }
+
+    /// A snapshot request that could not be sent is asked again after a relay timeout:
+    /// until a snapshot comes, the client's deltas for the room are dropped.
+    fn resync_later(&self, room: RoomId, origin: Origin) {
+        let (Some(fleet), Some(shard)) = (self.fleet.as_ref(), self.me()) else {
+            return;
+        };
+        let pause = fleet.config.relay_timeout;
+        glommio::spawn_local(async move {
+            glommio::timer::Timer::new(pause).await;
+            if !shard.stopping.get() {
+                let owner = shard.owner_of(&room);
+                shard.send(owner, MeshMsg::Resync { room, origin });
+            }
+        })
+        .detach();
     }
 
     /// Something the owner published on `:out`.
@@ -497,7 +565,12 @@ impl Shard {
                 }
                 self.spawn_repair(room.clone(), from);
             }
-            OutMsg::To { to, kind, frames } => {
+            OutMsg::To {
+                to,
+                kind,
+                frames,
+                epoch,
+            } => {
                 if to.instance != fleet.instance() {
                     return;
                 }
@@ -512,7 +585,6 @@ impl Shard {
                     .into_iter()
                     .map(|f| bytes::Bytes::from(f.into_vec()))
                     .collect();
-                let mut answers_join = kind == ToKind::Joined;
                 {
                     let mut rooms = fleet.rooms.borrow_mut();
                     if let Some(FleetRoom::Relayed(relay)) = rooms.get_mut(room) {
@@ -521,12 +593,13 @@ impl Shard {
                                 if let Some(m) =
                                     relay.members.iter_mut().find(|m| m.origin.conn == conn)
                                 {
-                                    // A second answer (a re-registration) is unasked.
-                                    answers_join = !m.answered;
                                     m.answered = true;
+                                    m.answered_epoch = m.answered_epoch.max(epoch);
                                 }
                             }
-                            ToKind::Refused => relay.remove(conn),
+                            ToKind::Refused => {
+                                relay.remove(conn);
+                            }
                             ToKind::Left => {
                                 relay.leaves.remove(&conn);
                             }
@@ -545,7 +618,8 @@ impl Shard {
                         room: room.clone(),
                         conn: conn.id,
                         frames: frames.collect(),
-                        answers_join,
+                        // Whether the client asked for it, its connection's shard knows.
+                        answers_join: kind == ToKind::Joined,
                     },
                     ToKind::Left | ToKind::Refused | ToKind::Reply => {
                         let Some(frame) = frames.next() else {
@@ -621,7 +695,7 @@ impl Shard {
                         }
                         _ => (None, relay.take_ops()),
                     };
-                    (relay.rejoin_all(), repair_from, unresolved)
+                    (relay.rejoins_for(epoch), repair_from, unresolved)
                 };
                 info!(%room, epoch, "the room has a new owner: registering our members");
                 self.relay_rejoin(room, rejoins);
@@ -691,8 +765,7 @@ impl Shard {
                 Job::Relayed {
                     room: room.clone(),
                     origin,
-                    seq: Some(seq),
-                    join: false,
+                    request: Request::Op(seq),
                 },
             );
         }

@@ -136,6 +136,9 @@ pub enum OutMsg {
         to: RemoteAddr,
         kind: ToKind,
         frames: Vec<ByteBuf>,
+        /// The epoch of the owner that answers (0 from an instance that predates it).
+        #[serde(default)]
+        epoch: u64,
     },
     /// Frames for every member (presence, `msg`), per subprotocol.
     Deliver {

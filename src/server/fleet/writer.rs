@@ -29,15 +29,34 @@ pub enum Job {
         tick: u64,
         generation: u64,
     },
-    /// A request relayed to the owner: a failure answers `unavailable`.
+    /// A request relayed to the owner; what its failure means depends on `request`.
     Relayed {
         room: RoomId,
         origin: Origin,
-        seq: Option<u64>,
-        join: bool,
+        request: Request,
     },
     /// Nothing waits for the reply (publishes of answers, snapshots).
     Fire,
+}
+
+/// A relayed request, for what its failure to publish means: every request a client made
+/// gets exactly one answer, so a repeat the relay made on its own is not answered again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// The client's join: answered `unavailable`.
+    Join,
+    /// A join sent again for a member (unanswered, or registered with a new owner):
+    /// sent again later.
+    Rejoin,
+    /// An op, first or repeated: answered `unavailable` unless already answered.
+    Op(u64),
+    /// The client's leave or `msg`: answered `unavailable`.
+    Leave,
+    Msg,
+    /// A leave sent again: its own retries answer it.
+    LeaveAgain,
+    /// A slow consumer's snapshot request: asked again after a pause.
+    Resync,
 }
 
 #[derive(Default)]

@@ -17,8 +17,8 @@ fn members_are_counted_per_shard_and_protocol() {
     relay.add(origin(0, 8), "m8".into(), true);
     assert_eq!(relay.per_shard, vec![1, 1]);
     assert_eq!(relay.per_proto, [2, 0]);
-    relay.remove(origin(1, 7).conn);
-    relay.remove(origin(1, 7).conn);
+    assert!(relay.remove(origin(1, 7).conn));
+    assert!(!relay.remove(origin(1, 7).conn), "removed once");
     assert_eq!(relay.per_shard, vec![1, 0]);
     assert_eq!(relay.take_members().len(), 1);
     assert!(relay.is_empty());
@@ -56,8 +56,9 @@ fn ops_are_answered_in_order_and_overdue_ones_reported() {
         });
     }
     // Answers name their op: 1 and 3 are answered, 2 (lost on its way) still waits.
-    relay.answered(o.conn, 1);
-    relay.answered(o.conn, 3);
+    assert!(relay.answered(o.conn, 1));
+    assert!(relay.answered(o.conn, 3));
+    assert!(!relay.answered(o.conn, 3), "an op is answered once");
     let (again, overdue) = relay.overdue_ops(Duration::from_secs(60), Duration::ZERO);
     assert!(again.is_empty() && overdue.is_empty());
     // First sent again, then given up.
@@ -94,4 +95,28 @@ fn the_seq_of_a_framed_answer() {
     );
     assert_eq!(reply_seq(&frame), Some(7));
     assert_eq!(reply_seq(b"\x82"), None);
+}
+
+#[test]
+fn an_owner_announcement_re_registers_only_members_it_did_not_answer() {
+    let mut relay = Relay::new(1);
+    relay.add(origin(0, 1), "answered".into(), true);
+    relay.add(origin(0, 2), "waiting".into(), true);
+    relay.members[0].answered = true;
+    relay.members[0].answered_epoch = 1;
+    // The announcement of the owner that answered arrives late: only the waiting member.
+    let names = |r: Vec<(Origin, String)>| r.into_iter().map(|(_, m)| m).collect::<Vec<_>>();
+    assert_eq!(names(relay.rejoins_for(1)), ["waiting"]);
+    // A newer owner knows neither.
+    assert_eq!(names(relay.rejoins_for(2)), ["answered", "waiting"]);
+}
+
+#[test]
+fn a_registration_that_could_not_go_out_waits_for_an_answer_again() {
+    let mut relay = Relay::new(1);
+    relay.add(origin(0, 1), "m".into(), true);
+    relay.members[0].answered = true;
+    assert!(relay.unanswered_joins(Duration::ZERO).is_empty());
+    relay.unanswer(origin(0, 1).conn);
+    assert_eq!(relay.unanswered_joins(Duration::ZERO).len(), 1);
 }
