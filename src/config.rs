@@ -18,6 +18,8 @@ pub struct Config {
     pub cpus: Option<Vec<usize>>,
     /// Listen backlog per shard socket. Default 1024.
     pub backlog: i32,
+    /// Busy-poll this long before an idle shard sleeps. Default `None` (sleep at once).
+    pub spin_before_park: Option<Duration>,
     /// Capacity of each cross-shard channel. Default 1024 messages.
     pub mesh_capacity: usize,
     pub limits: Limits,
@@ -139,6 +141,7 @@ impl Default for Config {
             shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
             cpus: None,
             backlog: 1024,
+            spin_before_park: None,
             mesh_capacity: 1024,
             limits: Limits::default(),
             allowed_origins: Vec::new(),

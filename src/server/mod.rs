@@ -74,6 +74,7 @@ pub fn run(
         shards,
         cpus: config.cpus.clone(),
         channel_capacity: config.mesh_capacity,
+        spin_before_park: config.spin_before_park,
         ..RuntimeConfig::default()
     };
     let config = Arc::new(config);
