@@ -16,6 +16,24 @@ fn healthz_answers_ok() {
     assert_eq!(body.trim(), "ok");
 }
 
+/// A shard that busy-polls before it sleeps serves like any other (its flag is taken), and
+/// a value that is not a duration is refused at start, naming the flag.
+#[test]
+fn spin_before_park_serves_and_bad_values_are_refused() {
+    let server = Server::start(&["--spin-before-park", "50us"]);
+    let (status, _, body) = http_get(server.addr(), "/healthz");
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let mut client = Client::connect(server.addr(), Enc::Json);
+    let joined = client.join("spin");
+    assert_eq!(joined["tick"], 0);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kasagi"))
+        .args(["serve", "--spin-before-park", "soon"])
+        .output()
+        .expect("run kasagi");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--spin-before-park"));
+}
+
 #[test]
 fn metrics_lists_every_metric_per_shard() {
     let server = Server::start(&["--shards", "2"]);
