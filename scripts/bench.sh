@@ -10,7 +10,8 @@
 # bench/results/<timestamp>-<preset>/<step>/ (gitignored). Prints every summary at the end.
 #
 # Environment: SERVER_CPUS (default 0), BENCH_CPUS (default 1), DURATION (default 10s),
-# WARMUP (default 2s), PROTO (msgpack|json, default msgpack).
+# WARMUP (default 2s), PROTO (msgpack|json, default msgpack), SWEEP_HZ (latency-sweep's
+# rates, default "0.1 0.25 0.5 0.75 1 1.5 2").
 # Exit status: 0 when every step's correctness checks passed, 1 otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,14 +23,18 @@ WARMUP=${WARMUP:-2s}
 PROTO=${PROTO:-msgpack}
 RATE_ARGS="--rate-limit 100000 --rate-burst 100000 --log warn"
 
-PRESETS="fanout-1core latency-10k ack idle-20k join-storm big-state cross-shard json all"
+PRESETS="fanout-1core latency-10k latency-sweep ack idle-20k join-storm big-state cross-shard json all"
+SWEEP_HZ=${SWEEP_HZ:-"0.1 0.25 0.5 0.75 1 1.5 2"}
 
 usage() {
     cat <<USAGE
 usage: scripts/bench.sh PRESET [extra kasagi-bench flags]
 presets:
   fanout-1core  coalesced fan-out throughput: 40 rooms x 50 clients x 10 Hz (1M deliveries/s offered)
-  latency-10k   latency at half load: 10,000 connections, 400 rooms of 25, 2 Hz (500k deliveries/s)
+  latency-10k   latency at half of saturation: 10,000 connections, 400 rooms of 25, 0.75 Hz
+                (187.5k deliveries/s; latency-sweep shows where saturation is)
+  latency-sweep latency-10k's shape at each rate of SWEEP_HZ (default: 0.1 to 2 Hz), with a
+                table of rate, server CPU and percentiles
   ack           request -> ack latency at light load (100 clients x 10 Hz) beside a bare TCP echo
   idle-20k      server memory per idle connection at 20,000 connections
   join-storm    connections + handshakes + joins per second (64 in flight)
@@ -85,7 +90,12 @@ run_preset() {
                 --rooms 40 --clients-per-room 50 --hz 10 ;;
         latency-10k)
             step latency-10k "--shards 1 $RATE_ARGS" fanout --proto "$PROTO" \
-                --rooms 400 --clients-per-room 25 --hz 2 ;;
+                --rooms 400 --clients-per-room 25 --hz 0.75 ;;
+        latency-sweep)
+            for hz in $SWEEP_HZ; do
+                step "sweep-${hz}hz" "--shards 1 $RATE_ARGS" fanout --proto "$PROTO" \
+                    --rooms 400 --clients-per-room 25 --hz "$hz"
+            done ;;
         ack)
             step ack "--shards 1 $RATE_ARGS" ack --proto "$PROTO" --clients 100 --hz 10 ;;
         idle-20k)
@@ -116,6 +126,23 @@ echo
 for name in "${steps[@]}"; do
     cat "$out/$name/summary.txt" 2>/dev/null || { echo "== $name: no summary"; cat "$out/$name/stderr.txt"; }
 done
+if [ "$preset" = latency-sweep ]; then
+    python3 - "$out" "${steps[@]}" <<'PY' || true
+import json, sys
+out, steps = sys.argv[1], sys.argv[2:]
+print("latency by offered load (10,000 connections, rooms of 25):")
+print(f"{'Hz':>5} {'deliveries/s':>13} {'server CPU':>10} {'CPU-s/M':>8} {'bench CPU':>9} "
+      f"{'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} {'max ms':>8}")
+for step in steps:
+    with open(f"{out}/{step}/result.json") as f:
+        r = json.load(f)
+    m, d = r["metrics"], r["latency"]["delivery"]
+    ms = lambda k: d[k] / 1000
+    print(f"{r['params']['hz']:>5} {m['deliveries_per_s']:>13,.0f} {m.get('server_cpu_share', 0):>10.2f} "
+          f"{m.get('server_cpu_s_per_million_deliveries', 0):>8.2f} {m['bench_cpu_share']:>9.2f} "
+          f"{ms('p50_us'):>8.3f} {ms('p99_us'):>8.2f} {ms('p99.9_us'):>9.2f} {ms('max_us'):>8.2f}")
+PY
+fi
 if [ "$preset" = cross-shard ] || [ "$preset" = all ]; then
     python3 - "$out" <<'PY' || true
 import json, sys
