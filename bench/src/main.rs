@@ -82,6 +82,11 @@ enum Scenario {
         #[command(flatten)]
         args: scenario::BigStateArgs,
     },
+    /// What one server latency event costs (clock + HDR record), without a server.
+    TelemetryCost {
+        #[command(flatten)]
+        args: scenario::TelemetryCostArgs,
+    },
 }
 
 /// Options every scenario takes.
@@ -142,6 +147,7 @@ fn run(cli: Cli) -> Result<bool> {
         Scenario::JoinStorm { common, args } => scenario::join_storm_main(&common, &args)?,
         Scenario::Idle { common, args } => scenario::idle_main(&common, &args)?,
         Scenario::BigState { common, args } => scenario::big_state_main(&common, &args)?,
+        Scenario::TelemetryCost { args } => scenario::telemetry_cost_main(&args)?,
     };
     print!("{}", report.human());
     println!("{}", report.json());

@@ -82,3 +82,28 @@ fn ack_json_measures_the_echo_too() {
         .as_f64()
         .is_some());
 }
+
+/// `telemetry-cost` needs no server: it times the server's recorder and reports each cost
+/// in the JSON line, the event (clock and record) dearer than the record alone.
+#[test]
+fn telemetry_cost_reports_every_figure() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kasagi-bench"))
+        .args(["telemetry-cost", "--events", "20000", "--rounds", "3"])
+        .output()
+        .expect("running kasagi-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "bench failed:\n{stdout}");
+    let last = stdout.lines().last().expect("a JSON line");
+    let json: serde_json::Value = serde_json::from_str(last).expect("JSON line");
+    let metric = |k: &str| {
+        json["metrics"][k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k} in {json}"))
+    };
+    for key in ["record_ns", "clock_ns", "event_ns"] {
+        assert!(metric(key) > 0.0, "{key} in {json}");
+        assert!(metric(&format!("{key}_min")) <= metric(key));
+        assert!(metric(key) <= metric(&format!("{key}_max")));
+    }
+    assert!(metric("event_ns") > metric("record_ns"), "{json}");
+}

@@ -5,6 +5,7 @@ mod big_state;
 mod fanout;
 mod idle;
 mod join_storm;
+mod telemetry_cost;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::Ordering;
@@ -25,6 +26,7 @@ use crate::{bench_cpus, procfs, Common};
 pub use big_state::{big_state_main, BigStateArgs};
 pub use idle::{idle_main, IdleArgs};
 pub use join_storm::{join_storm_main, JoinStormArgs};
+pub use telemetry_cost::{telemetry_cost_main, TelemetryCostArgs};
 
 /// The server under test and the bench's own resources.
 pub struct Env {

@@ -139,8 +139,8 @@ impl Relay {
     }
 
     /// An answer (ack or error) to op `seq` of `conn`. Only that op: an earlier one may
-    /// have been lost on its way and still wait to be sent again.
-    /// Whether the op was still waiting.
+    /// have been lost on its way and still wait to be sent again. Returns whether the op
+    /// was still waiting.
     fn answered(&mut self, conn: ConnRef, seq: u64) -> bool {
         let Some(queue) = self.ops.get_mut(&conn) else {
             return false;
