@@ -84,7 +84,8 @@ fn ack_json_measures_the_echo_too() {
 }
 
 /// `telemetry-cost` needs no server: it times the server's recorder and reports each cost
-/// in the JSON line, the event (clock and record) dearer than the record alone.
+/// in the JSON line, the median round between the fastest and the slowest. (How fast is
+/// the bench's to say, not a test's.)
 #[test]
 fn telemetry_cost_reports_every_figure() {
     let out = Command::new(env!("CARGO_BIN_EXE_kasagi-bench"))
@@ -105,5 +106,4 @@ fn telemetry_cost_reports_every_figure() {
         assert!(metric(&format!("{key}_min")) <= metric(key));
         assert!(metric(key) <= metric(&format!("{key}_max")));
     }
-    assert!(metric("event_ns") > metric("record_ns"), "{json}");
 }
