@@ -657,7 +657,44 @@ fn a_leave_lost_on_its_way_is_sent_again() {
         m2.send(serde_json::json!({"t": "leave", "room": room}));
         let left = m2.next_of("left");
         assert_eq!(left["room"], room, "{left}");
+        assert!(
+            left.get("reason").is_none(),
+            "an answer has no reason: {left}"
+        );
     });
+}
+
+/// A leave lost on its way to an owner that then dies: the relay keeps it until the room
+/// has an owner again, and the client gets its `left` (an answer: no `reason`) from the
+/// take-over or the relay's give-up, whichever comes first.
+#[test]
+fn a_leave_waiting_when_the_owner_dies_is_answered() {
+    let redis = RedisServer::start();
+    let args = ["--relay-timeout", "500ms"];
+    let mut a = Some(instance(&redis, "a", &args));
+    let b = instance(&redis, "b", &args);
+    let room = "leave-then-die";
+    let mut m1 = common::Client::connect(a.as_ref().expect("a").addr(), Enc::Json);
+    m1.join(room);
+    let mut stays = Member::join(b.addr(), Enc::Msgpack, room);
+    let mut leaver = common::Client::connect(b.addr(), Enc::Json);
+    leaver.join(room);
+    for id in pubsub_ids(&redis, "a") {
+        redis.command(&["CLIENT", "KILL", "ID", &id]);
+    }
+    leaver.send(serde_json::json!({"t": "leave", "room": room}));
+    drop(a.take()); // SIGKILL
+    let left = leaver.next_of("left");
+    assert_eq!(left["room"], room, "{left}");
+    assert!(
+        left.get("reason").is_none(),
+        "an answer has no reason: {left}"
+    );
+    // The member that stays is served by the new owner (b).
+    stays.send_inc(1);
+    stays.settle(Duration::from_secs(10));
+    assert_eq!(owner_of(&redis, room).as_deref(), Some("b"));
+    println!("leave answered after the owner died: {left}");
 }
 
 /// A client that disconnects: its instance's leave expects no answer for the client, but

@@ -446,7 +446,7 @@ fn fail_queued(shard: &Rc<Shard>, room: &RoomId, members: Vec<(Origin, String)>)
                 MeshMsg::Left {
                     room: room.clone(),
                     conn: origin.conn.id,
-                    frame: left_frame(room, origin),
+                    frame: leave_answer(room, origin),
                 },
             ),
             MeshMsg::Msg { origin, .. } => shard.answer_unavailable(room, origin, None, false),
@@ -455,11 +455,24 @@ fn fail_queued(shard: &Rc<Shard>, room: &RoomId, members: Vec<(Origin, String)>)
     }
 }
 
+/// `left` for a member the instance could not keep in the room (unasked: with a reason).
 pub(super) fn left_frame(room: &RoomId, origin: Origin) -> bytes::Bytes {
     super::super::encode::frame(
         &crate::protocol::ServerMessage::Left {
             room: room.as_str(),
             reason: Some("unavailable"),
+        },
+        origin.proto,
+    )
+}
+
+/// `left` answering a client's `leave` that the owner could not answer itself (PROTOCOL.md:
+/// a `reason` only when unasked).
+pub(super) fn leave_answer(room: &RoomId, origin: Origin) -> bytes::Bytes {
+    super::super::encode::frame(
+        &crate::protocol::ServerMessage::Left {
+            room: room.as_str(),
+            reason: None,
         },
         origin.proto,
     )
@@ -744,7 +757,7 @@ fn relay_watch(shard: &Rc<Shard>, room: RoomId) {
             MeshMsg::Left {
                 room: room.clone(),
                 conn: origin.conn.id,
-                frame: left_frame(&room, origin),
+                frame: leave_answer(&room, origin),
             },
         );
     }
@@ -781,7 +794,7 @@ async fn take_over(shard: Rc<Shard>, room: RoomId) {
     if !matches!(fleet.client.query(&cmd).await, Ok(Value::Int(0))) {
         return;
     }
-    let (members, ops) = {
+    let (members, ops, leaves) = {
         let mut rooms = fleet.rooms.borrow_mut();
         let Some(FleetRoom::Relayed(relay)) = rooms.get_mut(&room) else {
             return;
@@ -791,9 +804,20 @@ async fn take_over(shard: Rc<Shard>, room: RoomId) {
             seen: relay.last_tick(),
         };
         let members = relay.take_members();
+        let leaves = relay.take_leaves();
         rooms.insert(room.clone(), FleetRoom::Loading { queued: Vec::new() });
-        (members, ops)
+        (members, ops, leaves)
     };
+    for origin in leaves {
+        shard.send(
+            origin.conn.shard,
+            MeshMsg::Left {
+                room: room.clone(),
+                conn: origin.conn.id,
+                frame: leave_answer(&room, origin),
+            },
+        );
+    }
     info!(%room, "the room's lease lapsed: taking it over");
     acquire(shard, room, members, ops).await;
 }

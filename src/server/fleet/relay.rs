@@ -226,6 +226,15 @@ impl Relay {
         ops
     }
 
+    /// Leaves still waiting for the old owner's answer, for a take-over: the new owner
+    /// never counted these connections, so they are answered `left` there.
+    pub fn take_leaves(&mut self) -> Vec<Origin> {
+        self.leaves
+            .drain()
+            .map(|(_, (origin, _, _))| origin)
+            .collect()
+    }
+
     /// The members, for a take-over; the relay is left empty.
     pub fn take_members(&mut self) -> Vec<(Origin, String)> {
         self.per_shard.iter_mut().for_each(|c| *c = 0);
@@ -467,10 +476,12 @@ impl Shard {
                     false
                 }
                 Request::Op(seq) => relay.answered(origin.conn, seq),
-                Request::Leave | Request::Msg => true,
-                Request::LeaveAgain | Request::Resync => false,
+                Request::Msg => true,
+                // A leave waits in `leaves`: sent again, then answered `left` at the
+                // latest a relay timeout and a lease later (or by a take-over).
+                Request::Leave | Request::LeaveAgain | Request::Resync => false,
             },
-            _ => matches!(request, Request::Leave | Request::Msg),
+            _ => request == Request::Msg,
         };
         if answer {
             let seq = match request {
