@@ -50,10 +50,13 @@ pub enum Request {
     Rejoin,
     /// An op, first or repeated: answered `unavailable` unless already answered.
     Op(u64),
-    /// The client's leave or `msg`: answered `unavailable`.
+    /// The client's leave: not answered here. It waits in the relay's `leaves`, is sent
+    /// again, and is answered `left` at the latest a relay timeout and a lease later (or
+    /// by a take-over).
     Leave,
+    /// A `msg`: answered `unavailable`.
     Msg,
-    /// A leave sent again: its own retries answer it.
+    /// A leave sent again: as `Leave`.
     LeaveAgain,
     /// A slow consumer's snapshot request: asked again after a pause.
     Resync,
