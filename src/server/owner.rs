@@ -518,22 +518,35 @@ impl Shard {
             None => host.room.tick(),
         };
         for (origin, reply) in host.replies.drain(..) {
-            let frame = match reply {
-                Reply::Ack { seq, received } => {
-                    self.telemetry
-                        .record(Stage::OpToFlush, now.saturating_duration_since(received));
-                    encode::frame(
-                        &ServerMessage::Ack {
-                            room: host.room.id().as_str(),
-                            seq,
-                            tick,
-                        },
-                        origin.proto,
-                    )
-                }
-                Reply::Frame(frame) => frame,
-            };
+            let frame = self.reply_frame(host.room.id(), reply, tick, origin.proto, now);
             self.reply(origin.conn, frame);
+        }
+    }
+
+    /// The frame of an answer owed at a flush: an `ack` at `tick` (its op's receive ->
+    /// flush latency recorded), or a reply framed earlier.
+    pub(super) fn reply_frame(
+        &self,
+        room: &RoomId,
+        reply: Reply,
+        tick: u64,
+        proto: Subprotocol,
+        now: Instant,
+    ) -> Bytes {
+        match reply {
+            Reply::Ack { seq, received } => {
+                self.telemetry
+                    .record(Stage::OpToFlush, now.saturating_duration_since(received));
+                encode::frame(
+                    &ServerMessage::Ack {
+                        room: room.as_str(),
+                        seq,
+                        tick,
+                    },
+                    proto,
+                )
+            }
+            Reply::Frame(frame) => frame,
         }
     }
 

@@ -441,14 +441,7 @@ fn fail_queued(shard: &Rc<Shard>, room: &RoomId, members: Vec<(Origin, String)>)
                 origin,
                 reply: true,
                 ..
-            } => shard.send(
-                origin.conn.shard,
-                MeshMsg::Left {
-                    room: room.clone(),
-                    conn: origin.conn.id,
-                    frame: leave_answer(room, origin),
-                },
-            ),
+            } => answer_leave(shard, room, origin),
             MeshMsg::Msg { origin, .. } => shard.answer_unavailable(room, origin, None, false),
             _ => {}
         }
@@ -466,16 +459,24 @@ pub(super) fn left_frame(room: &RoomId, origin: Origin) -> bytes::Bytes {
     )
 }
 
-/// `left` answering a client's `leave` that the owner could not answer itself (PROTOCOL.md:
-/// a `reason` only when unasked).
-pub(super) fn leave_answer(room: &RoomId, origin: Origin) -> bytes::Bytes {
-    super::super::encode::frame(
+/// Answers a client's `leave` that the owner could not answer itself with `left`
+/// (PROTOCOL.md: a `reason` only when unasked).
+fn answer_leave(shard: &Shard, room: &RoomId, origin: Origin) {
+    let frame = super::super::encode::frame(
         &crate::protocol::ServerMessage::Left {
             room: room.as_str(),
             reason: None,
         },
         origin.proto,
-    )
+    );
+    shard.send(
+        origin.conn.shard,
+        MeshMsg::Left {
+            room: room.clone(),
+            conn: origin.conn.id,
+            frame,
+        },
+    );
 }
 
 async fn release(shard: &Shard, room: &RoomId) {
@@ -752,14 +753,7 @@ fn relay_watch(shard: &Rc<Shard>, room: RoomId) {
         shard.relay_leave_again(&room, origin);
     }
     for origin in left {
-        shard.send(
-            origin.conn.shard,
-            MeshMsg::Left {
-                room: room.clone(),
-                conn: origin.conn.id,
-                frame: leave_answer(&room, origin),
-            },
-        );
+        answer_leave(shard, &room, origin);
     }
     shard.relay_send_again(&room, resend);
     for (origin, seq) in overdue {
@@ -809,14 +803,7 @@ async fn take_over(shard: Rc<Shard>, room: RoomId) {
         (members, ops, leaves)
     };
     for origin in leaves {
-        shard.send(
-            origin.conn.shard,
-            MeshMsg::Left {
-                room: room.clone(),
-                conn: origin.conn.id,
-                frame: leave_answer(&room, origin),
-            },
-        );
+        answer_leave(&shard, &room, origin);
     }
     info!(%room, "the room's lease lapsed: taking it over");
     acquire(shard, room, members, ops).await;

@@ -20,8 +20,7 @@ use tracing::warn;
 use super::super::encode;
 use super::super::metrics::ShardMetrics;
 use super::super::owner::{Reply, RoomHost};
-use super::super::shard::{Frames, MeshMsg, Shard};
-use super::super::telemetry::Stage;
+use super::super::shard::{Frames, MeshMsg, Origin, Shard};
 use super::wire::{self, AckTo, Keys, OutMsg};
 use super::writer::Job;
 use super::{lease, Fleet, FleetRoom};
@@ -159,15 +158,7 @@ impl Shard {
         let Some(delta) = host.room.flush() else {
             let tick = host.room.tick();
             for (origin, reply) in std::mem::take(&mut host.replies) {
-                let frame = reply_frame(&room_id, reply, tick, origin.proto, self, now);
-                self.host_send(
-                    host,
-                    origin.conn.shard,
-                    MeshMsg::ToConn {
-                        conn: origin.conn.id,
-                        frame,
-                    },
-                );
+                self.send_reply(host, origin, reply, tick, now);
             }
             return;
         };
@@ -226,15 +217,7 @@ impl Shard {
             if let (Reply::Ack { seq, .. }, true) = (&reply, durable) {
                 host.held.acks.push_back((tick, origin, *seq));
             }
-            let frame = reply_frame(&room_id, reply, tick, origin.proto, self, now);
-            self.host_send(
-                host,
-                origin.conn.shard,
-                MeshMsg::ToConn {
-                    conn: origin.conn.id,
-                    frame,
-                },
-            );
+            self.send_reply(host, origin, reply, tick, now);
         }
         let ops = wire::encode_ops(&delta.ops);
         let payload = wire::encode(&OutMsg::Delta {
@@ -409,31 +392,26 @@ impl Shard {
             lease::step_down(self, room, &why);
         }
     }
-}
 
-fn reply_frame(
-    room: &RoomId,
-    reply: Reply,
-    tick: u64,
-    proto: Subprotocol,
-    shard: &Shard,
-    now: Instant,
-) -> bytes::Bytes {
-    match reply {
-        Reply::Ack { seq, received } => {
-            shard
-                .telemetry
-                .record(Stage::OpToFlush, now.saturating_duration_since(received));
-            encode::frame(
-                &ServerMessage::Ack {
-                    room: room.as_str(),
-                    seq,
-                    tick,
-                },
-                proto,
-            )
-        }
-        Reply::Frame(frame) => frame,
+    /// Sends a local member the answer it is owed for this flush (an `ack` at `tick`, or a
+    /// framed reply), through the host's ordered path.
+    fn send_reply(
+        &self,
+        host: &mut RoomHost,
+        origin: Origin,
+        reply: Reply,
+        tick: u64,
+        now: Instant,
+    ) {
+        let frame = self.reply_frame(host.room.id(), reply, tick, origin.proto, now);
+        self.host_send(
+            host,
+            origin.conn.shard,
+            MeshMsg::ToConn {
+                conn: origin.conn.id,
+                frame,
+            },
+        );
     }
 }
 
