@@ -30,13 +30,11 @@ use std::mem;
 use std::rc::Rc;
 use std::time::Duration;
 
-use glommio::net::TcpStream;
-use glommio::timer::Timer;
 use glommio::Task;
 use redis::{Cmd, FromRedisValue, Pipeline, ToRedisArgs, Value};
 use tracing::{debug, info, warn};
 
-use super::conn::{self, Backoff, ConnectionError, Link, ReplyReader, Slot};
+use super::conn::{self, ConnectionError, Link, Slot};
 use super::resp::{self, Limits};
 use super::url::{RedisUrl, UrlError};
 
@@ -369,57 +367,28 @@ fn count_frames(mut packed: &[u8]) -> usize {
 /// The connection manager: connect, serve until broken, back off, again. Ends only when
 /// the client is dropped (the task is cancelled).
 async fn manage(shared: Rc<Shared>) {
-    let options = &shared.options;
-    let mut backoff = Backoff::new(options.backoff_min, options.backoff_max);
-    let mut connected_before = false;
-    loop {
-        let attempt = conn::connect(
-            &shared.url,
-            options.client_name.as_deref(),
-            &options.limits,
-            options.connect_timeout,
-        )
-        .await;
-        match attempt {
-            Ok((stream, reader)) => {
-                backoff.reset();
-                if connected_before {
-                    shared.reconnects.set(shared.reconnects.get() + 1);
-                }
-                connected_before = true;
-                info!(redis = %shared.url, "redis connected");
-                shared.link.borrow_mut().go_up();
-                let cause = serve(&shared, stream, reader).await;
-                shared.go_down();
-                warn!(redis = %shared.url, %cause, "redis connection lost");
-            }
-            Err(cause) => {
-                debug!(redis = %shared.url, %cause, "redis connect failed");
-            }
-        }
-        Timer::new(backoff.next_delay()).await;
-    }
-}
-
-/// Runs one connection until it breaks; returns why.
-async fn serve(shared: &Shared, stream: TcpStream, mut reader: ReplyReader) -> ConnectionError {
-    let (mut read_half, write_half) = futures_lite::io::split(stream);
-    let read_loop = async {
-        loop {
-            while let Some(value) = reader.next_buffered()? {
-                shared.deliver(value)?;
-            }
-            reader.read_more(&mut read_half).await?;
-        }
-    };
-    let write_loop = conn::write_loop(&shared.link, write_half);
-    let broken = conn::broken(&shared.link);
-    let outcome: Result<(), ConnectionError> =
-        futures_lite::future::or(futures_lite::future::or(read_loop, write_loop), broken).await;
-    match outcome {
-        Err(cause) => cause,
-        Ok(()) => ConnectionError::Closed,
-    }
+    let shared = &shared;
+    conn::keep_connected(
+        &shared.url,
+        &shared.options,
+        &shared.reconnects,
+        "redis",
+        |stream, reader, _| async move {
+            info!(redis = %shared.url, "redis connected");
+            shared.link.borrow_mut().go_up();
+            let cause = conn::serve(
+                &shared.link,
+                stream,
+                reader,
+                |value| shared.deliver(value),
+                std::future::pending(),
+            )
+            .await;
+            shared.go_down();
+            warn!(redis = %shared.url, %cause, "redis connection lost");
+        },
+    )
+    .await;
 }
 
 #[cfg(test)]

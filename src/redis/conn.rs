@@ -7,7 +7,7 @@
 //! against a timer or a teardown); host names are resolved on glommio's blocking thread
 //! pool, never on the executor.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -20,7 +20,9 @@ use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
 use redis::Value;
+use tracing::debug;
 
+use super::client::ClientOptions;
 use super::resp::{self, Limits, RespError};
 use super::url::{Protocol, RedisUrl};
 
@@ -415,6 +417,77 @@ impl<T> Future for SlotWait<T> {
                 Poll::Pending
             }
         }
+    }
+}
+
+/// Keeps a connection up for the life of the task: connects with `options`, runs `session`
+/// on the connection until it returns (the connection broke), waits out a backoff that
+/// every successful connection resets, and starts over. `session` is told whether the
+/// connection is a reconnection; `reconnects` counts those. `what` names the connection
+/// in the log.
+pub(super) async fn keep_connected<F, Fut>(
+    url: &RedisUrl,
+    options: &ClientOptions,
+    reconnects: &Cell<u64>,
+    what: &str,
+    mut session: F,
+) where
+    F: FnMut(TcpStream, ReplyReader, bool) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut backoff = Backoff::new(options.backoff_min, options.backoff_max);
+    let mut connected_before = false;
+    loop {
+        let attempt = connect(
+            url,
+            options.client_name.as_deref(),
+            &options.limits,
+            options.connect_timeout,
+        )
+        .await;
+        match attempt {
+            Ok((stream, reader)) => {
+                backoff.reset();
+                if connected_before {
+                    reconnects.set(reconnects.get() + 1);
+                }
+                session(stream, reader, connected_before).await;
+                connected_before = true;
+            }
+            Err(cause) => debug!(redis = %url, %cause, "{what} connect failed"),
+        }
+        Timer::new(backoff.next_delay()).await;
+    }
+}
+
+/// Runs one connection until it breaks and returns why: every reply goes to `receive` in
+/// order, whatever the link queues is written as it comes, and a teardown asked on the
+/// link, or `watchdog` failing, ends it.
+pub(super) async fn serve(
+    link: &RefCell<Link>,
+    stream: TcpStream,
+    mut reader: ReplyReader,
+    mut receive: impl FnMut(Value) -> Result<(), ConnectionError>,
+    watchdog: impl Future<Output = Result<(), ConnectionError>>,
+) -> ConnectionError {
+    let (mut read_half, write_half) = futures_lite::io::split(stream);
+    let read_loop = async {
+        loop {
+            while let Some(value) = reader.next_buffered()? {
+                receive(value)?;
+            }
+            reader.read_more(&mut read_half).await?;
+        }
+    };
+    let watchdogs = futures_lite::future::or(broken(link), watchdog);
+    let outcome: Result<(), ConnectionError> = futures_lite::future::or(
+        futures_lite::future::or(read_loop, write_loop(link, write_half)),
+        watchdogs,
+    )
+    .await;
+    match outcome {
+        Err(cause) => cause,
+        Ok(()) => ConnectionError::Closed,
     }
 }
 

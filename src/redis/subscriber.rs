@@ -23,14 +23,13 @@ use std::collections::{BTreeSet, VecDeque};
 use std::rc::Rc;
 
 use bytes::Bytes;
-use glommio::net::TcpStream;
 use glommio::timer::Timer;
 use glommio::Task;
 use redis::Value;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::client::{ClientOptions, Error};
-use super::conn::{self, Backoff, ConnectionError, Link, ReplyReader, Slot};
+use super::conn::{self, ConnectionError, Link, Slot};
 use super::url::{RedisUrl, UrlError};
 
 /// What the subscriber tells its handler.
@@ -412,56 +411,30 @@ fn bytes_of(value: Value) -> Option<Bytes> {
 
 /// Connect, re-subscribe, serve until broken, back off, again.
 async fn manage(shared: Rc<Shared>) {
-    let options = &shared.options;
-    let mut backoff = Backoff::new(options.backoff_min, options.backoff_max);
-    let mut connected_before = false;
-    loop {
-        let attempt = conn::connect(
-            &shared.url,
-            options.client_name.as_deref(),
-            &options.limits,
-            options.connect_timeout,
-        )
-        .await;
-        match attempt {
-            Ok((stream, reader)) => {
-                backoff.reset();
-                if connected_before {
-                    shared.reconnects.set(shared.reconnects.get() + 1);
-                }
-                info!(redis = %shared.url, "redis subscriber connected");
-                let resubscribing = shared.go_up();
-                if !resubscribing && connected_before {
-                    shared.emit(SubscriberEvent::Reconnected);
-                }
-                connected_before = true;
-                let cause = serve(&shared, stream, reader).await;
-                shared.go_down();
-                shared.emit(SubscriberEvent::Disconnected);
-                warn!(redis = %shared.url, %cause, "redis subscriber connection lost");
+    let shared = &shared;
+    conn::keep_connected(
+        &shared.url,
+        &shared.options,
+        &shared.reconnects,
+        "redis subscriber",
+        |stream, reader, reconnect| async move {
+            info!(redis = %shared.url, "redis subscriber connected");
+            let resubscribing = shared.go_up();
+            if !resubscribing && reconnect {
+                shared.emit(SubscriberEvent::Reconnected);
             }
-            Err(cause) => debug!(redis = %shared.url, %cause, "redis subscriber connect failed"),
-        }
-        Timer::new(backoff.next_delay()).await;
-    }
-}
-
-async fn serve(shared: &Shared, stream: TcpStream, mut reader: ReplyReader) -> ConnectionError {
-    let (mut read_half, write_half) = futures_lite::io::split(stream);
-    let read_loop = async {
-        loop {
-            while let Some(value) = reader.next_buffered()? {
-                shared.receive(value)?;
-            }
-            reader.read_more(&mut read_half).await?;
-        }
-    };
-    let write_loop = conn::write_loop(&shared.link, write_half);
-    let watchdogs = futures_lite::future::or(conn::broken(&shared.link), shared.health_check());
-    let outcome: Result<(), ConnectionError> =
-        futures_lite::future::or(futures_lite::future::or(read_loop, write_loop), watchdogs).await;
-    match outcome {
-        Err(cause) => cause,
-        Ok(()) => ConnectionError::Closed,
-    }
+            let cause = conn::serve(
+                &shared.link,
+                stream,
+                reader,
+                |value| shared.receive(value),
+                shared.health_check(),
+            )
+            .await;
+            shared.go_down();
+            shared.emit(SubscriberEvent::Disconnected);
+            warn!(redis = %shared.url, %cause, "redis subscriber connection lost");
+        },
+    )
+    .await;
 }
