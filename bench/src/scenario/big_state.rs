@@ -13,7 +13,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::fanout::{read_joined, short_error};
-use super::{check_counters, run_measured, Env};
+use super::{run_measured, Env};
 use crate::conn::{self, ConnError, Incoming, Target, WsReader};
 use crate::report::Report;
 use crate::runner::{now_us, Sync};
@@ -71,10 +71,7 @@ pub fn big_state_main(common: &Common, args: &BigStateArgs) -> Result<Report> {
     let (stats, samples) = run_measured(&env, common, sync, move |id| {
         shard(id, p.clone(), s.clone())
     })?;
-    let mut report = Report::new("big-state", title, params);
-    report.notes = std::mem::take(&mut env.notes);
-    report.stats = stats;
-    report.usage = env.usage(&samples);
+    let mut report = env.report("big-state", title, params, stats, &samples);
     let joins = report.stats.get("joins");
     report.metric(
         "joins_per_s",
@@ -87,12 +84,7 @@ pub fn big_state_main(common: &Common, args: &BigStateArgs) -> Result<Report> {
         "state built (bytes of values)",
     );
     report.finish_usage(0);
-    check_counters(&mut report);
-    env.check_server(&mut report);
-    if let Some(dir) = &common.out {
-        report.write_files(dir)?;
-    }
-    Ok(report)
+    env.finish(report, common)
 }
 
 async fn shard(id: usize, plan: Arc<Plan>, sync: Arc<Sync>) -> Stats {

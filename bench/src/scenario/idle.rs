@@ -13,7 +13,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::fanout::{read_joined, short_error};
-use super::{check_counters, run_measured, Env};
+use super::{run_measured, Env};
 use crate::conn::{self, Incoming, Target, WsReader, WsWriter};
 use crate::report::Report;
 use crate::runner::{sleep_until, Sync};
@@ -107,10 +107,7 @@ pub fn idle_main(common: &Common, args: &IdleArgs) -> Result<Report> {
     let (stats, samples) = run_measured(&env, common, sync, move |id| {
         shard(id, p.clone(), s.clone())
     })?;
-    let mut report = Report::new("idle", title, params);
-    report.notes = std::mem::take(&mut env.notes);
-    report.stats = stats;
-    report.usage = env.usage(&samples);
+    let mut report = env.report("idle", title, params, stats, &samples);
     let open = report.stats.get("connected");
     report.metric("connections_open", open as f64, "connections open");
     if let (Some(base), Some(settled)) = (baseline, samples.server_before) {
@@ -145,12 +142,7 @@ pub fn idle_main(common: &Common, args: &IdleArgs) -> Result<Report> {
             .failures
             .push(format!("{pings} pings, {pongs} pongs"));
     }
-    check_counters(&mut report);
-    env.check_server(&mut report);
-    if let Some(dir) = &common.out {
-        report.write_files(dir)?;
-    }
-    Ok(report)
+    env.finish(report, common)
 }
 
 async fn shard(id: usize, plan: Arc<Plan>, sync: Arc<Sync>) -> Stats {

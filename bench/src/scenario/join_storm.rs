@@ -14,7 +14,7 @@ use clap::Args;
 use serde_json::json;
 
 use super::fanout::{read_joined, short_error};
-use super::{check_counters, run_measured, Env};
+use super::{run_measured, Env};
 use crate::conn::{self, Target};
 use crate::report::Report;
 use crate::runner::{now_us, sleep_until, Sync};
@@ -78,10 +78,7 @@ pub fn join_storm_main(common: &Common, args: &JoinStormArgs) -> Result<Report> 
     let (stats, samples) = run_measured(&env, common, sync, move |id| {
         shard(id, p.clone(), s.clone())
     })?;
-    let mut report = Report::new("join-storm", title, params);
-    report.notes = std::mem::take(&mut env.notes);
-    report.stats = stats;
-    report.usage = env.usage(&samples);
+    let mut report = env.report("join-storm", title, params, stats, &samples);
     let done = report.stats.get("joins");
     let per_s = done as f64 / common.duration.as_secs_f64();
     report.metric(
@@ -95,12 +92,7 @@ pub fn join_storm_main(common: &Common, args: &JoinStormArgs) -> Result<Report> 
         "... per server core",
     );
     report.finish_usage(0);
-    check_counters(&mut report);
-    env.check_server(&mut report);
-    if let Some(dir) = &common.out {
-        report.write_files(dir)?;
-    }
-    Ok(report)
+    env.finish(report, common)
 }
 
 async fn shard(id: usize, plan: Arc<Plan>, sync: Arc<Sync>) -> Stats {

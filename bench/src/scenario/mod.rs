@@ -150,6 +150,33 @@ impl Env {
         }
     }
 
+    /// A scenario's report holding the run's notes, counters, histograms and resources.
+    pub fn report(
+        &mut self,
+        scenario: &str,
+        title: String,
+        params: serde_json::Value,
+        stats: Stats,
+        samples: &WindowSamples,
+    ) -> Report {
+        let mut report = Report::new(scenario, title, params);
+        report.notes = std::mem::take(&mut self.notes);
+        report.stats = stats;
+        report.usage = self.usage(samples);
+        report
+    }
+
+    /// What every scenario ends with: the counter and server checks, then the files under
+    /// `--out`.
+    pub fn finish(&mut self, mut report: Report, common: &Common) -> Result<Report> {
+        check_counters(&mut report);
+        self.check_server(&mut report);
+        if let Some(dir) = &common.out {
+            report.write_files(dir)?;
+        }
+        Ok(report)
+    }
+
     /// Checks the server survived the run (a crash is a failure).
     pub fn check_server(&mut self, report: &mut Report) {
         if let Some(s) = &mut self.server {
@@ -350,10 +377,7 @@ pub fn fanout_main(common: &Common, args: &FanoutArgs) -> Result<Report> {
     let (stats, samples) = run_measured(&env, common, sync, move |id| {
         fanout::shard(id, p.clone(), s.clone())
     })?;
-    let mut report = Report::new("fanout", title, params);
-    report.notes = std::mem::take(&mut env.notes);
-    report.stats = stats;
-    report.usage = env.usage(&samples);
+    let mut report = env.report("fanout", title, params, stats, &samples);
     let window = common.duration.as_secs_f64();
     let delivered = report.stats.get("window_deliveries");
     report.metric(
@@ -369,12 +393,7 @@ pub fn fanout_main(common: &Common, args: &FanoutArgs) -> Result<Report> {
     report.metric("offered_ops_per_s", offered_ops, "offered ops/s");
     report.metric("connections", clients as f64, "connections");
     report.finish_usage(delivered);
-    check_counters(&mut report);
-    env.check_server(&mut report);
-    if let Some(dir) = &common.out {
-        report.write_files(dir)?;
-    }
-    Ok(report)
+    env.finish(report, common)
 }
 
 #[derive(Args, Debug, Clone)]
@@ -436,10 +455,7 @@ pub fn ack_main(common: &Common, args: &AckArgs) -> Result<Report> {
     let (stats, samples) = run_measured(&env, common, sync, move |id| {
         fanout::shard(id, p.clone(), s.clone())
     })?;
-    let mut report = Report::new("ack", title, params);
-    report.notes = std::mem::take(&mut env.notes);
-    report.stats = stats;
-    report.usage = env.usage(&samples);
+    let mut report = env.report("ack", title, params, stats, &samples);
     let p99 = |name: &str| {
         report
             .stats
@@ -468,12 +484,7 @@ pub fn ack_main(common: &Common, args: &AckArgs) -> Result<Report> {
         "acks/s (window)",
     );
     report.finish_usage(0);
-    check_counters(&mut report);
-    env.check_server(&mut report);
-    if let Some(dir) = &common.out {
-        report.write_files(dir)?;
-    }
-    Ok(report)
+    env.finish(report, common)
 }
 
 /// A bare TCP echo on loopback: one thread per connection, reading and writing back,
