@@ -22,7 +22,8 @@ use bytes::Bytes;
 
 use super::telemetry::{Recorder, Stage};
 
-/// Largest gathered write; a frame at least this big is written straight from its `Bytes`.
+/// Largest gathered write; a frame at least this big, or alone in the queue, is written
+/// straight from its `Bytes`.
 pub const GATHER_BYTES: usize = 16 * 1024;
 
 thread_local! {
@@ -186,7 +187,9 @@ impl Outbound {
                 return Poll::Ready(Ok(total));
             };
             let now = telemetry.map(|_| Instant::now());
-            if front.frame.len() >= GATHER_BYTES {
+            // A lone frame (the usual case: one delta per socket per turn) or a big one is
+            // written from its shared `Bytes`; gathering would only copy it.
+            if front.frame.len() >= GATHER_BYTES || self.queue.len() == 1 {
                 let q = self.take_front();
                 record(telemetry, now, &q);
                 self.direct = Some((q.frame, 0));
@@ -296,6 +299,24 @@ mod tests {
         });
         assert!(matches!(polled, Poll::Ready(Ok(1000))));
         assert_eq!(writes, 1);
+    }
+
+    #[test]
+    fn a_lone_frame_is_written_from_its_own_bytes() {
+        let frame = Bytes::from(b"0123456789".to_vec());
+        let mut out = Outbound::new(1 << 20);
+        out.push_delta(frame.clone(), None);
+        // The socket takes 4 bytes per call: every slice it sees is the shared frame's.
+        let mut seen = Vec::new();
+        while !out.is_empty() {
+            let polled = out.write_with(None, |bytes| {
+                seen.push(bytes.as_ptr());
+                Poll::Ready(Ok(bytes.len().min(4)))
+            });
+            assert!(matches!(polled, Poll::Ready(Ok(_)) | Poll::Pending));
+        }
+        let base = frame.as_ptr();
+        assert_eq!(seen, [base, base.wrapping_add(4), base.wrapping_add(8)]);
     }
 
     #[test]
