@@ -5,11 +5,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::fleet::{instance, Member, RedisServer, Resp};
+use common::fleet::{converge, instance, Member, RedisServer, Resp};
 use common::Enc;
 
-/// The pub/sub connection ids of an instance (`CLIENT LIST`, by the client name).
-fn pubsub_ids(redis: &RedisServer, instance: &str) -> Vec<String> {
+/// Kills an instance's pub/sub connections (found in `CLIENT LIST` by the client name);
+/// returns how many.
+fn kill_subscribers(redis: &RedisServer, instance: &str) -> usize {
     let list = redis
         .command(&["CLIENT", "LIST"])
         .as_text()
@@ -20,12 +21,9 @@ fn pubsub_ids(redis: &RedisServer, instance: &str) -> Vec<String> {
             line.split(' ')
                 .any(|f| f.starts_with("flags=") && f.contains('P'))
         })
-        .filter_map(|line| {
-            line.split(' ')
-                .find_map(|f| f.strip_prefix("id="))
-                .map(str::to_owned)
-        })
-        .collect()
+        .filter_map(|line| line.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .filter(|id| redis.command(&["CLIENT", "KILL", "ID", id]) == Resp::Int(1))
+        .count()
 }
 
 fn owner_of(redis: &RedisServer, room: &str) -> Option<String> {
@@ -168,20 +166,13 @@ fn killed_subscriber_is_repaired_from_the_log() {
     for round in 0..60 {
         write_round(&mut [&mut m1, &mut m2], 4);
         if round == 20 || round == 40 {
-            for id in pubsub_ids(&redis, "b") {
-                if redis.command(&["CLIENT", "KILL", "ID", &id]) == Resp::Int(1) {
-                    killed += 1;
-                }
-            }
+            killed += kill_subscribers(&redis, "b");
         }
     }
     assert!(killed >= 2, "no subscriber connection of b found to kill");
     m1.settle(Duration::from_secs(10));
     m2.settle(Duration::from_secs(10));
-    let top = m1.mirror.tick.max(m2.mirror.tick);
-    m1.reach(top);
-    m2.reach(top);
-    assert_eq!(m1.mirror.state, m2.mirror.state);
+    let top = converge(&mut [&mut m1, &mut m2]);
     assert_eq!(m1.counter(), m1.acked_sum + m2.acked_sum);
     println!(
         "killed b's subscriber {killed} times; b's client saw {} consecutive deltas to tick {top}, \
@@ -251,10 +242,7 @@ fn stale_owner_cannot_write_and_steps_down() {
     }
     m1.send_inc(1);
     m1.settle(Duration::from_secs(10));
-    let top = m1.mirror.tick.max(m2.mirror.tick);
-    m1.reach(top);
-    m2.reach(top);
-    assert_eq!(m1.mirror.state, m2.mirror.state);
+    converge(&mut [&mut m1, &mut m2]);
     assert_eq!(m1.counter(), m1.acked_sum + m2.acked_sum);
     let epochs = log_epochs(&redis, room);
     assert!(
@@ -542,10 +530,7 @@ fn relayed_ops_are_sent_again_to_the_new_owner() {
         "the ops must be applied by the new owner"
     );
     assert_eq!(m3.acked, 5 + 3);
-    let top = m2.mirror.tick.max(m3.mirror.tick);
-    m2.reach(top);
-    m3.reach(top);
-    assert_eq!(m2.mirror.state, m3.mirror.state);
+    converge(&mut [&mut m2, &mut m3]);
     assert_eq!(
         m3.counter(),
         m1.acked_sum + m2.acked_sum + m3.acked_sum,
@@ -587,20 +572,13 @@ fn owner_subscriber_killed_relayed_ops_are_sent_again() {
     for round in 0..40 {
         write_round(&mut [&mut m1, &mut m2], 4);
         if round % 10 == 5 {
-            for id in pubsub_ids(&redis, "a") {
-                if redis.command(&["CLIENT", "KILL", "ID", &id]) == Resp::Int(1) {
-                    killed += 1;
-                }
-            }
+            killed += kill_subscribers(&redis, "a");
         }
     }
     assert!(killed >= 2, "no subscriber connection of a found to kill");
     m1.settle(Duration::from_secs(10));
     m2.settle(Duration::from_secs(10));
-    let top = m1.mirror.tick.max(m2.mirror.tick);
-    m1.reach(top);
-    m2.reach(top);
-    assert_eq!(m1.mirror.state, m2.mirror.state);
+    converge(&mut [&mut m1, &mut m2]);
     assert_eq!(m2.unavailable, 0);
     assert_eq!(
         m1.counter(),
@@ -635,9 +613,7 @@ fn leave_while_the_owners_subscriber_is_down(room: &str, leave: impl FnOnce(comm
     m2.join(room);
     let leaver = m2.you().to_owned();
     m1.next_of("presence");
-    for id in pubsub_ids(&redis, "a") {
-        redis.command(&["CLIENT", "KILL", "ID", &id]);
-    }
+    kill_subscribers(&redis, "a");
     leave(m2);
     let (presence, _) = m1.recv_until(|v| v["t"] == "presence");
     assert_eq!(presence["left"], serde_json::json!([leaver]), "{presence}");
@@ -679,9 +655,7 @@ fn a_leave_waiting_when_the_owner_dies_is_answered() {
     let mut stays = Member::join(b.addr(), Enc::Msgpack, room);
     let mut leaver = common::Client::connect(b.addr(), Enc::Json);
     leaver.join(room);
-    for id in pubsub_ids(&redis, "a") {
-        redis.command(&["CLIENT", "KILL", "ID", &id]);
-    }
+    kill_subscribers(&redis, "a");
     leaver.send(serde_json::json!({"t": "leave", "room": room}));
     drop(a.take()); // SIGKILL
     let left = leaver.next_of("left");

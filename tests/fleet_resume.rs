@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::fleet::{free_port, instance, instance_url, Member, RedisServer};
+use common::fleet::{converge, free_port, instance, instance_url, Member, RedisServer};
 use common::{Client, Enc, Mirror};
 use serde_json::{json, Value};
 
@@ -235,10 +235,7 @@ fn long_redis_outage_with_two_instances() {
             }
         }
     }
-    let top = m1.mirror.tick.max(m2.mirror.tick);
-    m1.reach(top);
-    m2.reach(top);
-    assert_eq!(m1.mirror.state, m2.mirror.state);
+    let top = converge(&mut [&mut m1, &mut m2]);
     assert_eq!(
         m1.counter(),
         m1.acked_sum + m2.acked_sum,

@@ -223,6 +223,25 @@ pub fn instance_url(url: &str, name: &str, args: &[&str]) -> Server {
     Server::start(&full)
 }
 
+/// Brings every member to the highest tick any of them saw, checks that they hold one
+/// state, and returns that tick.
+pub fn converge(members: &mut [&mut Member]) -> u64 {
+    let top = members.iter().map(|m| m.mirror.tick).max().unwrap_or(0);
+    for m in members.iter_mut() {
+        m.reach(top);
+    }
+    for m in &members[1..] {
+        assert_eq!(
+            m.mirror.state,
+            members[0].mirror.state,
+            "{} and {} at tick {top}",
+            m.client.you(),
+            members[0].client.you()
+        );
+    }
+    top
+}
+
 /// A client of one room that keeps a mirror and checks every delta against it.
 pub struct Member {
     pub client: Client,
