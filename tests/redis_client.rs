@@ -494,13 +494,21 @@ fn scripts_fall_back_to_script_load_after_noscript() {
 
 type Events = Rc<RefCell<Vec<SubscriberEvent>>>;
 
-fn recording_subscriber(url: &str) -> (Rc<Subscriber>, Events) {
+/// A subscriber that records its events, once it is connected.
+async fn recording_subscriber(url: &str) -> (Rc<Subscriber>, Events) {
     let events: Events = Rc::default();
     let sink = Rc::clone(&events);
     let subscriber = Subscriber::new(url, quick_options(), move |event| {
         sink.borrow_mut().push(event)
     })
     .expect("valid url");
+    let probe = Rc::clone(&subscriber);
+    eventually(
+        Duration::from_secs(5),
+        "the subscriber to connect",
+        move || probe.is_connected(),
+    )
+    .await;
     (subscriber, events)
 }
 
@@ -523,14 +531,7 @@ fn subscriber_receives_published_messages_in_order() {
     let url = server.url();
     run(move || async move {
         let client = connected_client(&url, quick_options()).await;
-        let (subscriber, events) = recording_subscriber(&url);
-        let probe = Rc::clone(&subscriber);
-        eventually(
-            Duration::from_secs(5),
-            "the subscriber to connect",
-            move || probe.is_connected(),
-        )
-        .await;
+        let (subscriber, events) = recording_subscriber(&url).await;
         subscriber
             .subscribe("kasagi:{r1}:out")
             .await
@@ -600,14 +601,7 @@ fn subscriber_resubscribes_and_reports_reconnected_after_client_kill() {
     let url = server.url();
     run(move || async move {
         let client = connected_client(&url, quick_options()).await;
-        let (subscriber, events) = recording_subscriber(&url);
-        let probe = Rc::clone(&subscriber);
-        eventually(
-            Duration::from_secs(5),
-            "the subscriber to connect",
-            move || probe.is_connected(),
-        )
-        .await;
+        let (subscriber, events) = recording_subscriber(&url).await;
         subscriber.subscribe("a").await.expect("subscribe a");
         subscriber.subscribe("b").await.expect("subscribe b");
 
@@ -654,14 +648,7 @@ fn subscriber_survives_a_redis_restart_and_subscribes_while_down() {
     let url = server.borrow().url();
     let handle = Rc::clone(&server);
     run(move || async move {
-        let (subscriber, events) = recording_subscriber(&url);
-        let probe = Rc::clone(&subscriber);
-        eventually(
-            Duration::from_secs(5),
-            "the subscriber to connect",
-            move || probe.is_connected(),
-        )
-        .await;
+        let (subscriber, events) = recording_subscriber(&url).await;
         handle.borrow_mut().kill();
         let probe = Rc::clone(&subscriber);
         eventually(
