@@ -9,6 +9,7 @@ use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use thiserror::Error;
 
+use crate::epoll;
 use crate::wire::Proto;
 use crate::wsclient::{self, ClientWsError, MaskKeys, Upgrade};
 
@@ -57,6 +59,23 @@ pub struct Target {
     pub host: String,
     pub path: String,
     pub proto: Proto,
+    pub readiness: Readiness,
+}
+
+/// Where a connection's read readiness comes from (see [`crate::epoll`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Readiness {
+    Epoll,
+    Uring,
+}
+
+impl Readiness {
+    pub fn name(self) -> &'static str {
+        match self {
+            Readiness::Epoll => "epoll",
+            Readiness::Uring => "uring",
+        }
+    }
 }
 
 /// Opens a TCP connection and completes the upgrade, within [`HANDSHAKE_TIMEOUT`].
@@ -91,6 +110,9 @@ async fn connect_untimed(target: &Target, nonce: u64) -> Result<(WsReader, WsWri
     );
     writer.write_raw(&request).await?;
     let mut reader = WsReader::new(stream, target.proto);
+    if target.readiness == Readiness::Epoll {
+        reader.watch()?;
+    }
     loop {
         if let Some(len) = wsclient::read_upgrade_response(reader.filled(), &upgrade)? {
             reader.start += len;
@@ -113,6 +135,16 @@ pub struct WsReader {
     fragmented_opcode: Option<u8>,
     /// Bytes of the last message, when it had to be assembled.
     assembled: Vec<u8>,
+    /// The shard's epoll set, once the upgrade is done (see [`crate::epoll`]).
+    epoll: Option<Rc<epoll::Reactor>>,
+}
+
+impl Drop for WsReader {
+    fn drop(&mut self) {
+        if let Some(reactor) = &self.epoll {
+            reactor.deregister(self.stream.borrow().as_raw_fd());
+        }
+    }
 }
 
 /// A message as the bench sees it: a data payload, or the server's close.
@@ -132,7 +164,16 @@ impl WsReader {
             fragments: Vec::new(),
             fragmented_opcode: None,
             assembled: Vec::new(),
+            epoll: None,
         }
+    }
+
+    /// Moves this connection's read readiness to the shard's epoll set.
+    fn watch(&mut self) -> io::Result<()> {
+        let reactor = epoll::current()?;
+        reactor.register(self.stream.borrow().as_raw_fd())?;
+        self.epoll = Some(reactor);
+        Ok(())
     }
 
     fn filled(&self) -> &[u8] {
@@ -158,7 +199,13 @@ impl WsReader {
         }
         let stream = &self.stream;
         let buf = &mut self.buf[self.end..];
-        let n = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_read(cx, buf)).await?;
+        let n = match &self.epoll {
+            Some(reactor) => {
+                let fd = stream.borrow().as_raw_fd();
+                poll_fn(|cx| reactor.poll_recv(fd, cx, buf)).await?
+            }
+            None => poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_read(cx, buf)).await?,
+        };
         if n == 0 {
             return Err(ConnError::Eof);
         }

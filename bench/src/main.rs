@@ -15,6 +15,7 @@
 //!   `.hgrm` files and PNG plot.
 
 mod conn;
+mod epoll;
 mod plot;
 mod procfs;
 mod report;
@@ -32,6 +33,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use crate::conn::Readiness;
 use crate::wire::Proto;
 
 #[derive(Parser, Debug)]
@@ -113,6 +115,12 @@ pub struct Common {
     /// Subprotocol.
     #[arg(long, value_enum, default_value_t = Proto::Msgpack)]
     pub proto: Proto,
+    /// How the bench learns that a socket has bytes: `epoll` (one epoll set per shard,
+    /// polled; the server's writes never interrupt the generator) or `uring` (glommio's
+    /// io_uring polls, which interrupt the generator's core once per wake-up and bill the
+    /// server's `send` for it on loopback). See bench/README.md.
+    #[arg(long, value_enum, default_value_t = Readiness::Epoll)]
+    pub readiness: Readiness,
     /// Measured window.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,

@@ -23,6 +23,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +32,8 @@ use glommio::net::TcpStream;
 use kasagi::protocol::RoomId;
 use kasagi_shards::shard_of;
 
-use crate::conn::{self, ConnError, Incoming, Target, WsReader, WsWriter};
+use crate::conn::{self, ConnError, Incoming, Readiness, Target, WsReader, WsWriter};
+use crate::epoll;
 use crate::runner::{now_us, sleep_until, Sync};
 use crate::stats::Stats;
 use crate::wire::{self, Proto, ServerView, Stamp};
@@ -273,7 +275,14 @@ async fn shard_inner(id: usize, plan: &Plan, sync: &Sync) -> Result<Stats, Stats
     }
     if let (Some((addr, conns)), 0) = (plan.echo, id) {
         for e in 0..conns {
-            let task = echo_client(state.clone(), addr, start, end, e, conns, plan.period_us());
+            let task = echo_client(
+                state.clone(),
+                (addr, plan.target.readiness),
+                (start, end),
+                e,
+                conns,
+                plan.period_us(),
+            );
             senders.push(glommio::spawn_local(task));
         }
     }
@@ -594,13 +603,12 @@ async fn send(mut p: SendPlan) {
     }
 }
 
-/// A bare TCP round trip on loopback, on the same schedule as the clients: the floor an
-/// `ack` cannot beat.
+/// A bare TCP round trip on loopback, on the same schedule as the clients and read through
+/// the same readiness: the floor an `ack` cannot beat.
 async fn echo_client(
     state: Shared,
-    addr: SocketAddr,
-    start: u64,
-    end: u64,
+    (addr, readiness): (SocketAddr, Readiness),
+    (start, end): (u64, u64),
     index: usize,
     count: usize,
     period_us: f64,
@@ -611,6 +619,17 @@ async fn echo_client(
         return;
     };
     let _ = stream.set_nodelay(true);
+    let fd = stream.as_raw_fd();
+    let epoll = match readiness {
+        Readiness::Epoll => match epoll::current().and_then(|r| r.register(fd).map(|()| r)) {
+            Ok(r) => Some(r),
+            Err(_) => {
+                state.borrow_mut().stats.add("echo_connect_error", 1);
+                return;
+            }
+        },
+        Readiness::Uring => None,
+    };
     let window = state.borrow().window;
     let message = [0x5Au8; 128];
     let mut back = [0u8; 128];
@@ -621,10 +640,16 @@ async fn echo_client(
             break;
         }
         sleep_until(intended).await;
-        if stream.write_all(&message).await.is_err() || stream.read_exact(&mut back).await.is_err()
-        {
+        let round_trip = match stream.write_all(&message).await {
+            Ok(()) => match &epoll {
+                Some(reactor) => reactor.recv_exact(fd, &mut back).await,
+                None => stream.read_exact(&mut back).await,
+            },
+            Err(e) => Err(e),
+        };
+        if round_trip.is_err() {
             state.borrow_mut().stats.add("echo_error", 1);
-            return;
+            break;
         }
         if intended >= window.0 && intended < window.1 {
             state
@@ -632,6 +657,9 @@ async fn echo_client(
                 .stats
                 .record("echo", now_us().saturating_sub(intended));
         }
+    }
+    if let Some(reactor) = epoll {
+        reactor.deregister(fd);
     }
 }
 

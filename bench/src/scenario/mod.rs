@@ -103,10 +103,11 @@ impl Env {
             notes.push(format!("load average at start: {}", load.trim()));
         }
         notes.push(format!(
-            "bench on CPUs {:?} ({} shard(s)), subprotocol {}",
+            "bench on CPUs {:?} ({} shard(s)), subprotocol {}, {} readiness",
             bench_cpus,
             bench_cpus.len(),
-            common.proto
+            common.proto,
+            common.readiness.name()
         ));
         Ok(Env {
             target: Target {
@@ -114,6 +115,7 @@ impl Env {
                 host: addr.to_string(),
                 path,
                 proto: common.proto,
+                readiness: common.readiness,
             },
             server,
             server_shards,
@@ -160,6 +162,9 @@ impl Env {
         samples: &WindowSamples,
     ) -> Report {
         let mut report = Report::new(scenario, title, params);
+        report
+            .params
+            .insert("readiness".into(), self.target.readiness.name().into());
         report.notes = std::mem::take(&mut self.notes);
         report.stats = stats;
         report.usage = self.usage(samples);
