@@ -42,7 +42,7 @@ pub mod runtime;
 
 pub use cpus::{allowed_cpus, online_cpus, parse_cpu_list, CpuListError};
 pub use hash::{key_hash, shard_of, ShardId};
-pub use listener::{bind_reuseport, into_listener, tune_accepted};
+pub use listener::{bind_reuseport, into_listener};
 pub use mesh::{Inbox, Mesh, MeshStats, DEFAULT_CHANNEL_CAPACITY};
 pub use runtime::{
     run, RuntimeConfig, RuntimeError, ShardContext, DEFAULT_IO_MEMORY, DEFAULT_RING_DEPTH,

@@ -17,7 +17,7 @@ use futures_lite::future;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel;
 use glommio::net::TcpStream;
-use kasagi_shards::{bind_reuseport, into_listener, run, tune_accepted, RuntimeConfig};
+use kasagi_shards::{bind_reuseport, into_listener, run, RuntimeConfig};
 
 const ATTEMPTS: usize = 2_000;
 
@@ -34,7 +34,7 @@ fn ask(addr: SocketAddr, request: u8) -> std::io::Result<u8> {
 /// Answers one connection; returns the request byte.
 async fn serve(stream: TcpStream, id: u8) -> std::io::Result<u8> {
     let mut stream = stream;
-    tune_accepted(&stream)?;
+    // Inherited from the listener.
     assert!(stream.nodelay()?);
     let mut request = [0u8; 1];
     stream.read_exact(&mut request).await?;

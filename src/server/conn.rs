@@ -614,9 +614,6 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener, 
                     info!(shard = shard.id, "accepting again");
                     backoff = Duration::ZERO;
                 }
-                if let Err(err) = kasagi_shards::tune_accepted(&stream) {
-                    debug!(cause = %err, "could not tune an accepted socket");
-                }
                 glommio::spawn_local(serve_socket(shard.clone(), stream, mode)).detach();
             }
             Some(Err(err)) => {
