@@ -23,6 +23,7 @@ mod runner;
 mod scenario;
 mod server;
 mod stats;
+mod telemetry;
 mod wire;
 mod wsclient;
 

@@ -12,6 +12,7 @@ use serde_json::{json, Map, Value};
 
 use crate::procfs::ProcSample;
 use crate::stats::Stats;
+use crate::telemetry::ServerTelemetry;
 
 /// The percentiles every summary shows.
 pub const PERCENTILES: [(f64, &str); 5] = [
@@ -52,6 +53,8 @@ pub struct Report {
     pub metrics: Vec<(String, f64, String)>,
     pub stats: Stats,
     pub usage: Usage,
+    /// The server's own histograms, read when the scenario ended.
+    pub server_latency: ServerTelemetry,
     pub failures: Vec<String>,
     pub warnings: Vec<String>,
     pub notes: Vec<String>,
@@ -69,6 +72,7 @@ impl Report {
             metrics: Vec::new(),
             stats: Stats::default(),
             usage: Usage::default(),
+            server_latency: ServerTelemetry::default(),
             failures: Vec::new(),
             warnings: Vec::new(),
             notes: Vec::new(),
@@ -193,6 +197,13 @@ impl Report {
             }
             let _ = writeln!(s, "{line}");
         }
+        for h in &self.server_latency.summaries {
+            let mut line = format!("   server {} (ms, whole run, n={})", h.name, h.count);
+            for (label, seconds) in &h.quantiles {
+                let _ = write!(line, "  {label} {:.3}", seconds * 1000.0);
+            }
+            let _ = writeln!(s, "{line}");
+        }
         let counters: Vec<String> = self
             .stats
             .counters
@@ -224,6 +235,19 @@ impl Report {
             h.insert("mean_us".into(), json!(hist.mean()));
             latency.insert((*name).to_owned(), Value::Object(h));
         }
+        let server_latency: Map<String, Value> = self
+            .server_latency
+            .summaries
+            .iter()
+            .map(|h| {
+                let mut m = Map::new();
+                m.insert("count".into(), json!(h.count));
+                for (label, seconds) in &h.quantiles {
+                    m.insert(format!("{label}_us"), json!(seconds * 1e6));
+                }
+                (h.name.to_owned(), Value::Object(m))
+            })
+            .collect();
         let metrics: Map<String, Value> = self
             .metrics
             .iter()
@@ -234,6 +258,7 @@ impl Report {
             "params": self.params,
             "metrics": metrics,
             "latency": latency,
+            "server_latency": server_latency,
             "counters": self.stats.counters,
             "warnings": self.warnings,
             "failures": self.failures,
@@ -255,6 +280,9 @@ impl Report {
             if !hist.is_empty() {
                 fs::write(dir.join(format!("{name}.hgrm")), hgrm(hist, 1000.0))?;
             }
+        }
+        if let Some(text) = &self.server_latency.hgrm {
+            fs::write(dir.join("server-latency.hgrm"), text)?;
         }
         let curves: Vec<(&str, &Histogram<u64>)> = self
             .stats

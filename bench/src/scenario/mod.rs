@@ -176,6 +176,12 @@ impl Env {
     pub fn finish(&mut self, mut report: Report, common: &Common) -> Result<Report> {
         check_counters(&mut report);
         self.check_server(&mut report);
+        match crate::telemetry::fetch(self.target.addr) {
+            Ok(telemetry) => report.server_latency = telemetry,
+            Err(e) => report.notes.push(format!(
+                "the server's latency telemetry was not read: {e:#}"
+            )),
+        }
         if let Some(dir) = &common.out {
             report.write_files(dir)?;
         }
