@@ -85,6 +85,11 @@ enum Scenario {
         #[command(flatten)]
         args: scenario::BigStateArgs,
     },
+    /// How late a sleeping thread wakes on each CPU: the machine's own latency floor.
+    Jitter {
+        #[command(flatten)]
+        args: scenario::JitterArgs,
+    },
     /// What one server latency event costs (clock + HDR record), without a server.
     TelemetryCost {
         #[command(flatten)]
@@ -156,6 +161,7 @@ fn run(cli: Cli) -> Result<bool> {
         Scenario::JoinStorm { common, args } => scenario::join_storm_main(&common, &args)?,
         Scenario::Idle { common, args } => scenario::idle_main(&common, &args)?,
         Scenario::BigState { common, args } => scenario::big_state_main(&common, &args)?,
+        Scenario::Jitter { args } => scenario::jitter_main(&args)?,
         Scenario::TelemetryCost { args } => scenario::telemetry_cost_main(&args)?,
     };
     print!("{}", report.human());

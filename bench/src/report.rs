@@ -210,7 +210,9 @@ impl Report {
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        let _ = writeln!(s, "   counters: {}", counters.join(" "));
+        if !counters.is_empty() {
+            let _ = writeln!(s, "   counters: {}", counters.join(" "));
+        }
         for w in &self.warnings {
             let _ = writeln!(s, "   WARNING: {w}");
         }

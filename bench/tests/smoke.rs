@@ -1,5 +1,6 @@
-//! Smoke test: the bench's `fanout` and `ack` scenarios against the real server binary,
-//! for about a second each, must finish with correctness OK and a JSON line.
+//! Smoke test: the bench's `fanout` (on both readiness sources) and `ack` scenarios
+//! against the real server binary, for about a second each, must finish with correctness
+//! OK and a JSON line; `telemetry-cost` and `jitter` run without a server.
 //!
 //! The server binary is `KASAGI_BIN` when set, otherwise `<workspace>/target/debug/kasagi`
 //! (the workspace build makes it before tests run; `CARGO_TARGET_DIR` is honoured).
@@ -49,6 +50,33 @@ fn fanout_msgpack_delivers_everything() {
         "--hz",
         "20",
     ]);
+    assert_fanout_complete(&report);
+    assert_eq!(report["params"]["readiness"], "epoll");
+    // The server's own histograms, read from its /metrics when the run ended.
+    let server = &report["server_latency"]["op_to_flush"];
+    assert!(server["count"].as_u64().expect("server op_to_flush") > 0);
+    assert!(server["p50_us"].as_f64().is_some());
+}
+
+/// The other readiness source (glommio's io_uring polls) keeps working.
+#[test]
+fn fanout_on_uring_readiness_delivers_everything() {
+    let report = run_bench(&[
+        "fanout",
+        "--rooms",
+        "3",
+        "--clients-per-room",
+        "4",
+        "--hz",
+        "20",
+        "--readiness",
+        "uring",
+    ]);
+    assert_fanout_complete(&report);
+    assert_eq!(report["params"]["readiness"], "uring");
+}
+
+fn assert_fanout_complete(report: &serde_json::Value) {
     assert_eq!(report["ok"], true);
     let c = &report["counters"];
     assert!(c["deliveries"].as_u64().expect("deliveries") > 0);
@@ -105,5 +133,26 @@ fn telemetry_cost_reports_every_figure() {
         assert!(metric(key) > 0.0, "{key} in {json}");
         assert!(metric(&format!("{key}_min")) <= metric(key));
         assert!(metric(key) <= metric(&format!("{key}_max")));
+    }
+}
+
+/// `jitter` needs no server: one histogram and two counts per probed CPU.
+#[test]
+fn jitter_reports_every_cpu_it_probed() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kasagi-bench"))
+        .args(["jitter", "--duration", "300ms"])
+        .output()
+        .expect("running kasagi-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "bench failed:\n{stdout}");
+    let last = stdout.lines().last().expect("a JSON line");
+    let json: serde_json::Value = serde_json::from_str(last).expect("JSON line");
+    let cpus = json["params"]["cpus"].as_array().expect("cpus");
+    assert!(!cpus.is_empty());
+    for cpu in cpus {
+        let cpu = cpu.as_u64().expect("cpu number");
+        let count = json["latency"][format!("jitter_cpu{cpu}")]["count"].as_u64();
+        assert!(count.expect("a histogram per CPU") > 0, "{json}");
+        assert!(json["metrics"][format!("cpu{cpu}_over_1ms")].is_number());
     }
 }

@@ -4,6 +4,7 @@
 mod big_state;
 mod fanout;
 mod idle;
+mod jitter;
 mod join_storm;
 mod telemetry_cost;
 
@@ -25,6 +26,7 @@ use crate::{bench_cpus, procfs, Common};
 
 pub use big_state::{big_state_main, BigStateArgs};
 pub use idle::{idle_main, IdleArgs};
+pub use jitter::{jitter_main, JitterArgs};
 pub use join_storm::{join_storm_main, JoinStormArgs};
 pub use telemetry_cost::{telemetry_cost_main, TelemetryCostArgs};
 
