@@ -135,7 +135,7 @@ pub struct WsReader {
     fragmented_opcode: Option<u8>,
     /// Bytes of the last message, when it had to be assembled.
     assembled: Vec<u8>,
-    /// The shard's epoll set, once the upgrade is done (see [`crate::epoll`]).
+    /// The shard's epoll set, with `--readiness epoll` (see [`crate::epoll`]).
     epoll: Option<Rc<epoll::Reactor>>,
 }
 
