@@ -98,6 +98,40 @@ fn metrics_count_connections_rooms_and_messages() {
     assert!(metric_sum(&body, "kasagi_bytes_out_total") > 0.0, "{body}");
 }
 
+/// The shard that answers publishes its latency histograms first, so an op it acked is in
+/// `/metrics` and `/debug/latency` at once, without waiting for the once-a-second copy.
+#[test]
+fn latency_telemetry_shows_an_acked_op_at_once() {
+    let server = Server::start(&["--shards", "1"]);
+    let mut client = server.client(Enc::Json);
+    client.join("timed");
+    client.op_acked("timed", 1, json!([["set", ["x"], 1]]));
+    // The pong comes after the delta on this connection: the delta has been written.
+    client.sync();
+    let (status, _, body) = http_get(server.addr(), "/metrics");
+    assert_eq!(status, 200);
+    for stage in [
+        "kasagi_op_to_flush_seconds",
+        "kasagi_flush_to_write_seconds",
+    ] {
+        let count = metric_sum(&body, &format!("{stage}_count"));
+        assert!(count >= 1.0, "{stage}: {body}");
+        let p99 = metric_sum(&body, &format!("{stage}{{quantile=\"0.99\"}}"));
+        assert!(p99 > 0.0, "{stage} p99: {body}");
+    }
+    let (status, _, hgrm) = http_get(server.addr(), "/debug/latency");
+    assert_eq!(status, 200);
+    let op_to_flush = hgrm
+        .split("# kasagi_flush_to_write_seconds")
+        .next()
+        .expect("the op_to_flush section");
+    let total = op_to_flush
+        .lines()
+        .find_map(|l| l.split("Total count    =").nth(1))
+        .and_then(|n| n.trim().trim_end_matches(']').trim().parse::<u64>().ok());
+    assert!(total.is_some_and(|n| n >= 1), "{hgrm}");
+}
+
 #[test]
 fn other_paths_are_404() {
     let server = Server::start(&[]);

@@ -330,11 +330,14 @@ fn route(
             "/healthz" if !shard.stopping.get() => write_response(out, 200, "text/plain", b"ok\n"),
             "/healthz" => write_response(out, 503, "text/plain", b"draining\n"),
             "/metrics" => {
+                // The answering shard's own figures are current; the others' a second old at most.
+                shard.telemetry.publish(&shard.published, shard.id);
                 let mut body = metrics::render(&shard.metrics);
                 shard.published.render_prometheus(&mut body);
                 write_response(out, 200, "text/plain; version=0.0.4", body.as_bytes());
             }
             "/debug/latency" => {
+                shard.telemetry.publish(&shard.published, shard.id);
                 let body = shard.published.render_hgrm();
                 write_response(out, 200, "text/plain", body.as_bytes());
             }
