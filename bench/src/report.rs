@@ -23,6 +23,9 @@ pub const PERCENTILES: [(f64, &str); 5] = [
     (100.0, "max"),
 ];
 
+/// A `send_lag` p99 above this (µs) is reported as the generator falling behind.
+const SEND_LAG_WARN_US: u64 = 500;
+
 /// Resource use over the measured window.
 #[derive(Debug, Clone, Default)]
 pub struct Usage {
@@ -102,6 +105,17 @@ impl Report {
                 bench_share * 100.0,
                 u.bench_cores
             ));
+        }
+        // CPU share alone overstates a polling generator's load; how late it sent says
+        // whether it kept to its schedule.
+        if let Some(lag) = self.stats.histograms.get("send_lag") {
+            let p99_us = lag.value_at_percentile(99.0);
+            if p99_us > SEND_LAG_WARN_US {
+                warnings.push(format!(
+                    "the generator sent 1% of its messages more than {:.1} ms late: it fell behind its schedule, so part of the latency is its own",
+                    p99_us as f64 / 1000.0
+                ));
+            }
         }
         // Other work on the same cores steals time and adds latency that is neither the
         // server's nor the generator's: measure it rather than guess.
@@ -344,6 +358,22 @@ mod tests {
         assert!(text.contains("Total count    =         1000"));
         let last_row = text.lines().rfind(|l| !l.starts_with('#')).expect("rows");
         assert!(last_row.contains("1.000000000000"), "{last_row}");
+    }
+
+    #[test]
+    fn a_late_generator_is_named_in_the_warnings() {
+        let behind = |lag_us: u64| {
+            let mut report = Report::new("fanout", "t".into(), Value::Null);
+            for _ in 0..1000 {
+                report.stats.record("send_lag", lag_us);
+            }
+            report.usage.window_seconds = 1.0;
+            report.usage.bench_cores = 1;
+            report.finish_usage(0);
+            report.warnings.iter().any(|w| w.contains("fell behind"))
+        };
+        assert!(behind(2_000));
+        assert!(!behind(100));
     }
 
     #[test]
