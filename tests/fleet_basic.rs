@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::fleet::{converge, instance, Member, RedisServer};
+use common::fleet::{converge, instance, instance_url, Member, RedisServer, Resp};
 use common::Enc;
 use rand::{Rng, SeedableRng};
 
@@ -245,6 +245,115 @@ fn slow_consumer_on_a_relaying_instance_is_resynced() {
     }
     assert_eq!(mirror.state["seq"], total);
     println!("slow client on the relay: {resyncs} resync(s), converged at tick {last_tick}");
+}
+
+/// A slow consumer's snapshot request that Redis refuses is asked again. The relaying
+/// instance logs in as its own Redis user, whose `PUBLISH` is taken away before the flood
+/// and given back only after the client has drained (its `pong` comes after the drain), so
+/// the first request surely fails; the client still converges, through a later request,
+/// instead of dropping deltas forever.
+#[test]
+fn a_refused_resync_request_is_asked_again() {
+    let redis = RedisServer::start();
+    let user = |rules: &[&str]| {
+        let mut args = vec!["ACL", "SETUSER", "relay"];
+        args.extend_from_slice(rules);
+        let reply = redis.command(&args);
+        assert_eq!(
+            reply.as_text().as_deref(),
+            Some("OK"),
+            "{args:?}: {reply:?}"
+        );
+    };
+    user(&["on", ">relay-pw", "~*", "&*", "+@all"]);
+    let limits = [
+        "--outbound-queue-bytes",
+        "65536",
+        "--rate-limit",
+        "100000",
+        "--rate-burst",
+        "100000",
+        "--relay-timeout",
+        "300ms",
+    ];
+    let a = instance(&redis, "a", &limits);
+    let b_url = format!("redis://relay:relay-pw@127.0.0.1:{}", redis.port);
+    let b = instance_url(&b_url, "b", &limits);
+    let room = "flood-refused";
+    let mut writer = common::Client::connect(a.addr(), Enc::Msgpack);
+    writer.join(room);
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
+    socket
+        .connect_timeout(&b.addr().into(), common::RECV_TIMEOUT)
+        .expect("connect");
+    let (mut slow, _) =
+        common::Client::connect_stream(socket.into(), b.addr(), "/ws", &[common::MSGPACK], &[])
+            .expect("upgrade");
+    let mut mirror = common::Mirror::from_joined(&slow.join(room));
+    // From here `b` relays deltas (subscribed) but cannot publish a snapshot request.
+    user(&["-publish"]);
+    let total = 200u64;
+    let mut last_tick = 0;
+    for seq in 1..=total {
+        let blob = char::from(b'a' + (seq % 26) as u8)
+            .to_string()
+            .repeat(32 * 1024);
+        let (_, ack) = writer.op_acked(
+            room,
+            seq,
+            serde_json::json!([["set", ["blob"], blob], ["set", ["seq"], seq]]),
+        );
+        last_tick = ack["tick"].as_u64().expect("tick");
+    }
+    // Answered after everything queued before it: once it is here, the relay has drained
+    // and made its (refused) request.
+    slow.send(serde_json::json!({"t": "ping", "id": "drained"}));
+    let mut publish_back = false;
+    let mut resyncs = 0;
+    while resyncs == 0 || mirror.tick < last_tick {
+        let message = slow.recv();
+        match message["t"].as_str() {
+            Some("delta") => mirror
+                .apply_delta(&message)
+                .unwrap_or_else(|e| panic!("after {resyncs} resyncs: {e}")),
+            Some("pong") => {
+                assert_eq!(message["id"], "drained");
+                user(&["+publish"]);
+                publish_back = true;
+            }
+            Some("joined") => {
+                assert_eq!(message["resync"], true, "{message}");
+                assert!(publish_back, "a snapshot without a request: {message}");
+                mirror.reset(&message);
+                resyncs += 1;
+            }
+            Some("presence") => {}
+            _ => panic!("the slow client got {message}"),
+        }
+    }
+    assert_eq!(mirror.state["seq"], total);
+    // Redis saw the refused request: the path under test was taken.
+    fn words(reply: &Resp, out: &mut Vec<String>) {
+        match reply {
+            Resp::Array(Some(items)) => items.iter().for_each(|i| words(i, out)),
+            other => out.extend(other.as_text()),
+        }
+    }
+    let mut log = Vec::new();
+    words(&redis.command(&["ACL", "LOG"]), &mut log);
+    assert!(
+        log.windows(2)
+            .any(|w| w[0] == "object" && w[1] == "publish")
+            && log
+                .windows(2)
+                .any(|w| w[0] == "username" && w[1] == "relay"),
+        "no refused PUBLISH in the ACL log: {log:?}"
+    );
+    println!(
+        "slow client whose first resync request was refused: {resyncs} resync(s), tick {last_tick}"
+    );
 }
 
 /// The owner's appends show up as Redis round trips in `/metrics` (published once a second).
