@@ -186,6 +186,59 @@ fn bad_fleet_flags_are_refused_at_start() {
     assert!(run(&["--redis", url, "--lease-ttl", "10ms"]).contains("--lease-ttl"));
 }
 
+/// Ops of 32 KiB each that [`flood_a_slow_relay_member`] writes.
+const FLOOD_OPS: u64 = 200;
+
+/// A client of `b` that has joined `room` and read nothing since, the writer on `a` (kept
+/// connected), and the tick of the last of the flood's acked ops.
+struct Flooded {
+    slow: common::Client,
+    _writer: common::Client,
+    mirror: common::Mirror,
+    last_tick: u64,
+}
+
+/// Joins `room` on `a` (the owner: it writes) and, with a small receive buffer, on `b` (a
+/// relay), runs `before_flood`, then writes [`FLOOD_OPS`] acked ops of 32 KiB on `a`, far
+/// more than `b` may queue for a client that does not read.
+fn flood_a_slow_relay_member(
+    a: &common::Server,
+    b: &common::Server,
+    room: &str,
+    before_flood: impl FnOnce(),
+) -> Flooded {
+    let mut writer = common::Client::connect(a.addr(), Enc::Msgpack);
+    writer.join(room);
+    let (mut slow, _) = common::Client::connect_stream(
+        common::small_buffer_stream(b.addr()),
+        b.addr(),
+        "/ws",
+        &[common::MSGPACK],
+        &[],
+    )
+    .expect("upgrade");
+    let mirror = common::Mirror::from_joined(&slow.join(room));
+    before_flood();
+    let mut last_tick = 0;
+    for seq in 1..=FLOOD_OPS {
+        let blob = char::from(b'a' + (seq % 26) as u8)
+            .to_string()
+            .repeat(32 * 1024);
+        let (_, ack) = writer.op_acked(
+            room,
+            seq,
+            serde_json::json!([["set", ["blob"], blob], ["set", ["seq"], seq]]),
+        );
+        last_tick = ack["tick"].as_u64().expect("tick");
+    }
+    Flooded {
+        slow,
+        _writer: writer,
+        mirror,
+        last_tick,
+    }
+}
+
 /// A slow client of a relaying instance: its queued deltas are dropped, it is resynced
 /// (the snapshot asked from the owner through Redis) and converges.
 #[test]
@@ -201,32 +254,12 @@ fn slow_consumer_on_a_relaying_instance_is_resynced() {
     ];
     let a = instance(&redis, "a", &limits);
     let b = instance(&redis, "b", &limits);
-    let room = "flood";
-    let mut writer = common::Client::connect(a.addr(), Enc::Msgpack);
-    writer.join(room);
-    let socket =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
-    socket
-        .connect_timeout(&b.addr().into(), common::RECV_TIMEOUT)
-        .expect("connect");
-    let (mut slow, _) =
-        common::Client::connect_stream(socket.into(), b.addr(), "/ws", &[common::MSGPACK], &[])
-            .expect("upgrade");
-    let mut mirror = common::Mirror::from_joined(&slow.join(room));
-    let total = 200u64;
-    let mut last_tick = 0;
-    for seq in 1..=total {
-        let blob = char::from(b'a' + (seq % 26) as u8)
-            .to_string()
-            .repeat(32 * 1024);
-        let (_, ack) = writer.op_acked(
-            room,
-            seq,
-            serde_json::json!([["set", ["blob"], blob], ["set", ["seq"], seq]]),
-        );
-        last_tick = ack["tick"].as_u64().expect("tick");
-    }
+    let Flooded {
+        mut slow,
+        mut mirror,
+        last_tick,
+        ..
+    } = flood_a_slow_relay_member(&a, &b, "flood", || {});
     let mut resyncs = 0;
     while resyncs == 0 || mirror.tick < last_tick {
         let message = slow.recv();
@@ -243,7 +276,7 @@ fn slow_consumer_on_a_relaying_instance_is_resynced() {
             _ => panic!("the slow client got {message}"),
         }
     }
-    assert_eq!(mirror.state["seq"], total);
+    assert_eq!(mirror.state["seq"], FLOOD_OPS);
     println!("slow client on the relay: {resyncs} resync(s), converged at tick {last_tick}");
 }
 
@@ -279,34 +312,14 @@ fn a_refused_resync_request_is_asked_again() {
     let a = instance(&redis, "a", &limits);
     let b_url = format!("redis://relay:relay-pw@127.0.0.1:{}", redis.port);
     let b = instance_url(&b_url, "b", &limits);
-    let room = "flood-refused";
-    let mut writer = common::Client::connect(a.addr(), Enc::Msgpack);
-    writer.join(room);
-    let socket =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
-    socket
-        .connect_timeout(&b.addr().into(), common::RECV_TIMEOUT)
-        .expect("connect");
-    let (mut slow, _) =
-        common::Client::connect_stream(socket.into(), b.addr(), "/ws", &[common::MSGPACK], &[])
-            .expect("upgrade");
-    let mut mirror = common::Mirror::from_joined(&slow.join(room));
-    // From here `b` relays deltas (subscribed) but cannot publish a snapshot request.
-    user(&["-publish"]);
-    let total = 200u64;
-    let mut last_tick = 0;
-    for seq in 1..=total {
-        let blob = char::from(b'a' + (seq % 26) as u8)
-            .to_string()
-            .repeat(32 * 1024);
-        let (_, ack) = writer.op_acked(
-            room,
-            seq,
-            serde_json::json!([["set", ["blob"], blob], ["set", ["seq"], seq]]),
-        );
-        last_tick = ack["tick"].as_u64().expect("tick");
-    }
+    // Once `slow` has joined, `b` relays deltas (subscribed) but cannot publish a snapshot
+    // request.
+    let Flooded {
+        mut slow,
+        mut mirror,
+        last_tick,
+        ..
+    } = flood_a_slow_relay_member(&a, &b, "flood-refused", || user(&["-publish"]));
     // Answered after everything queued before it: once it is here, the relay has drained
     // and made its (refused) request.
     slow.send(serde_json::json!({"t": "ping", "id": "drained"}));
@@ -333,7 +346,7 @@ fn a_refused_resync_request_is_asked_again() {
             _ => panic!("the slow client got {message}"),
         }
     }
-    assert_eq!(mirror.state["seq"], total);
+    assert_eq!(mirror.state["seq"], FLOOD_OPS);
     // Redis saw the refused request: the path under test was taken.
     fn words(reply: &Resp, out: &mut Vec<String>) {
         match reply {

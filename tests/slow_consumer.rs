@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::net::TcpStream;
-
 use common::{Client, Enc, Mirror, Server};
 use serde_json::json;
 
@@ -15,18 +13,6 @@ const WINDOW: usize = 4;
 /// Generous: the flood is ~19 MiB of deltas for the slow client; a server that queued them
 /// would grow past this.
 const RSS_SLACK_KIB: u64 = 64 * 1024;
-
-/// A socket with a small receive buffer, so the kernel cannot absorb the flood for the slow
-/// client (autotuning could otherwise buffer several MiB).
-fn small_buffer_stream(addr: std::net::SocketAddr) -> TcpStream {
-    let socket =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
-    socket
-        .connect_timeout(&addr.into(), common::RECV_TIMEOUT)
-        .expect("connect");
-    socket.into()
-}
 
 #[test]
 fn slow_consumer_is_resynced_and_memory_stays_bounded() {
@@ -44,7 +30,7 @@ fn slow_client(addr: std::net::SocketAddr, enc: Enc, shards: usize, room: &str) 
     let owner = common::owner_shard(room, shards);
     for attempt in 0..200 {
         let (mut client, _) = Client::connect_stream(
-            small_buffer_stream(addr),
+            common::small_buffer_stream(addr),
             addr,
             "/ws",
             &[enc.subprotocol()],

@@ -18,6 +18,7 @@ fn server_bin() -> PathBuf {
     target.join("debug/kasagi")
 }
 
+/// Runs a scenario for about a second against the server binary; its JSON line.
 fn run_bench(args: &[&str]) -> serde_json::Value {
     let bin = server_bin();
     assert!(
@@ -25,11 +26,25 @@ fn run_bench(args: &[&str]) -> serde_json::Value {
         "server binary {} is missing: build the workspace first (cargo build --workspace) or set KASAGI_BIN",
         bin.display()
     );
+    let bin = bin.to_str().expect("a UTF-8 path");
+    let mut full = args.to_vec();
+    full.extend([
+        "--server-bin",
+        bin,
+        "--duration",
+        "1s",
+        "--warmup",
+        "500ms",
+        "--drain",
+        "2s",
+    ]);
+    run_json(&full)
+}
+
+/// Runs `kasagi-bench ARGS`, which must succeed; its last line, parsed as JSON.
+fn run_json(args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_kasagi-bench"))
         .args(args)
-        .arg("--server-bin")
-        .arg(&bin)
-        .args(["--duration", "1s", "--warmup", "500ms", "--drain", "2s"])
         .output()
         .expect("running kasagi-bench");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -116,14 +131,7 @@ fn ack_json_measures_the_echo_too() {
 /// the bench's to say, not a test's.)
 #[test]
 fn telemetry_cost_reports_every_figure() {
-    let out = Command::new(env!("CARGO_BIN_EXE_kasagi-bench"))
-        .args(["telemetry-cost", "--events", "20000", "--rounds", "3"])
-        .output()
-        .expect("running kasagi-bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "bench failed:\n{stdout}");
-    let last = stdout.lines().last().expect("a JSON line");
-    let json: serde_json::Value = serde_json::from_str(last).expect("JSON line");
+    let json = run_json(&["telemetry-cost", "--events", "20000", "--rounds", "3"]);
     let metric = |k: &str| {
         json["metrics"][k]
             .as_f64()
@@ -139,14 +147,7 @@ fn telemetry_cost_reports_every_figure() {
 /// `jitter` needs no server: one histogram and two counts per probed CPU.
 #[test]
 fn jitter_reports_every_cpu_it_probed() {
-    let out = Command::new(env!("CARGO_BIN_EXE_kasagi-bench"))
-        .args(["jitter", "--duration", "300ms"])
-        .output()
-        .expect("running kasagi-bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "bench failed:\n{stdout}");
-    let last = stdout.lines().last().expect("a JSON line");
-    let json: serde_json::Value = serde_json::from_str(last).expect("JSON line");
+    let json = run_json(&["jitter", "--duration", "300ms"]);
     let cpus = json["params"]["cpus"].as_array().expect("cpus");
     assert!(!cpus.is_empty());
     for cpu in cpus {

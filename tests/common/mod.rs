@@ -798,6 +798,18 @@ pub fn member_shard(id: &str) -> Option<usize> {
     shard.parse().ok()
 }
 
+/// A connection with a small receive buffer, so the kernel cannot absorb a flood for a
+/// client that stops reading (autotuning could otherwise buffer several MiB).
+pub fn small_buffer_stream(addr: SocketAddr) -> TcpStream {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
+    socket
+        .connect_timeout(&addr.into(), RECV_TIMEOUT)
+        .expect("connect");
+    socket.into()
+}
+
 /// The shard that owns `room` on a server with `shards` shards.
 pub fn owner_shard(room: &str, shards: usize) -> usize {
     kasagi_shards::shard_of(room.as_bytes(), shards)
