@@ -7,7 +7,8 @@
 //! ordinary error at startup, and `--listen 127.0.0.1:0` resolves to one real
 //! port that every shard shares and that `main` can print.
 //!
-//! The hand-over to glommio ([`into_listener`]) is the project's only `unsafe`.
+//! The hand-over to glommio ([`into_listener`]) and the one socket option socket2
+//! does not wrap ([`set_defer_accept`]) are the project's only `unsafe`.
 //!
 //! # Blocking mode
 //!
@@ -23,7 +24,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 
 use glommio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -34,6 +35,12 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// The sockets also carry `TCP_NODELAY`, which Linux copies to every socket
 /// they accept: we write whole frames and never want Nagle to hold back a
 /// delta, and setting it on the listener saves a `setsockopt` per connection.
+///
+/// They also carry `TCP_DEFER_ACCEPT` (see [`DEFER_ACCEPT_SECS`]): a connection
+/// reaches `accept` only once its first bytes (the HTTP request) are in, so the
+/// shard's first read of it finds data instead of arming a poll that the
+/// client's next write has to complete, and a client that connects and never
+/// speaks costs no accepted socket.
 ///
 /// If `addr` has port 0, the first bind picks a free port and the others bind
 /// that port. Returns the actual bound address and the sockets, ready for
@@ -74,9 +81,38 @@ fn bind_one(addr: SocketAddr, backlog: i32) -> io::Result<Socket> {
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_tcp_nodelay(true)?;
+    set_defer_accept(&socket, DEFER_ACCEPT_SECS)?;
     socket.bind(&addr.into())?;
     socket.listen(backlog)?;
     Ok(socket)
+}
+
+/// How long Linux holds back a connection that has sent nothing, in seconds.
+///
+/// Linux turns it into a count of SYN-ACK retransmissions (1 s: one): a
+/// client that connects and stays silent is accepted with its acknowledgement
+/// of the retransmitted SYN-ACK, about a second after it connected, and from
+/// then on the handshake deadline (`--handshake-timeout`) applies as usual.
+pub const DEFER_ACCEPT_SECS: i32 = 1;
+
+/// Sets `TCP_DEFER_ACCEPT` on a listening socket (socket2 has no setter).
+fn set_defer_accept(socket: &Socket, secs: i32) -> io::Result<()> {
+    // SAFETY: `socket` is an open socket for the whole call; the option value
+    // is a live `c_int` and its exact size is passed with it.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            std::ptr::from_ref(&secs).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Hands a listening socket from [`bind_reuseport`] to glommio.
@@ -127,9 +163,31 @@ mod tests {
     fn accepted_sockets_inherit_nodelay() {
         let (addr, mut sockets) = bind_reuseport(loopback(0), 1, 128).unwrap();
         let listener: StdListener = sockets.pop().unwrap().into();
-        let _client = std::net::TcpStream::connect(addr).unwrap();
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        // Deferred accept: the connection is handed over with its first bytes.
+        std::io::Write::write_all(&mut client, b"x").unwrap();
         let (accepted, _) = listener.accept().unwrap();
         assert!(accepted.nodelay().unwrap());
+    }
+
+    #[test]
+    fn connections_reach_accept_with_their_first_bytes() {
+        use std::io::{Read, Write};
+        let (addr, mut sockets) = bind_reuseport(loopback(0), 1, 128).unwrap();
+        let listener: StdListener = sockets.pop().unwrap().into();
+        listener.set_nonblocking(true).unwrap();
+        // On loopback the handshake is complete when `connect` returns, so
+        // without the option the connection would already be acceptable.
+        let mut client = std::net::TcpStream::connect(addr).unwrap();
+        let silent = listener.accept().map(|_| ()).unwrap_err();
+        assert_eq!(silent.kind(), io::ErrorKind::WouldBlock);
+        client.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let (mut accepted, _) = listener.accept().unwrap();
+        accepted.set_nonblocking(true).unwrap();
+        let mut first = [0u8; 32];
+        let n = accepted.read(&mut first).unwrap();
+        assert_eq!(&first[..n], b"GET / HTTP/1.1\r\n");
     }
 
     #[test]
