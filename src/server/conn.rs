@@ -16,13 +16,14 @@
 use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt};
+use futures_lite::{AsyncWrite, AsyncWriteExt, FutureExt};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
 use tracing::{debug, info, warn};
@@ -30,6 +31,7 @@ use tracing::{debug, info, warn};
 use super::auth::Grant;
 use super::metrics::{self, ShardMetrics};
 use super::ratelimit::{TokenBucket, Verdict};
+use super::readiness::{self, Registration};
 use super::shard::{Conn, Shard};
 use crate::protocol::{decode_client, DecodeError, Subprotocol};
 use crate::ws::frame::{encode_frame, Opcode};
@@ -102,11 +104,21 @@ pub async fn serve_socket(shard: Rc<Shard>, stream: TcpStream, mode: Mode) {
     // closing linger are boxed futures of their own, so they cost nothing once done.
     // This keeps an idle connection to its stream, its state and this small future.
     let mut stream = Box::new(stream);
+    // Reads go through the shard's epoll set (see `readiness`); declared after the stream,
+    // so it leaves the set before the socket closes.
+    let socket = match readiness::current().and_then(|r| r.register(stream.as_raw_fd())) {
+        Ok(socket) => socket,
+        Err(err) => {
+            warn!(cause = %err, shard = shard.id, "cannot watch an accepted socket; closing it");
+            return;
+        }
+    };
+    socket.catch_up().await;
     // getpeername is a syscall per connection: only when the debug lines will be written.
     let peer = tracing::enabled!(tracing::Level::DEBUG)
         .then(|| stream.peer_addr().ok())
         .flatten();
-    let opened = match Box::pin(read_request(&shard, &mut stream, mode)).await {
+    let opened = match Box::pin(read_request(&shard, &mut stream, &socket, mode)).await {
         Ok(opened) => opened,
         Err(err) => {
             ShardMetrics::add(&shard.metrics().handshake_refusals, 1);
@@ -150,13 +162,13 @@ pub async fn serve_socket(shard: Rc<Shard>, stream: TcpStream, mode: Mode) {
         },
         session,
     });
-    let exit = live.run(&shard, &mut stream, &conn).await;
+    let exit = live.run(&shard, (&mut stream, &socket), &conn).await;
     drop(live);
     if let Mode::Serve = mode {
         shard.close_conn(&conn);
     }
     if let Exit::CloseSent { answered } = exit {
-        Box::pin(linger(&mut stream, answered)).await;
+        Box::pin(linger(&mut stream, &socket, answered)).await;
     }
 }
 
@@ -167,7 +179,12 @@ struct Live {
 }
 
 impl Live {
-    async fn run(&mut self, shard: &Shard, stream: &mut TcpStream, conn: &Rc<Conn>) -> Exit {
+    async fn run(
+        &mut self,
+        shard: &Shard,
+        (stream, socket): (&mut TcpStream, &Registration),
+        conn: &Rc<Conn>,
+    ) -> Exit {
         let Live { io, session } = self;
         // Bytes that arrived with the request head are frames already.
         if !io.pending.is_empty() {
@@ -175,7 +192,7 @@ impl Live {
             let consumed = io.process(shard, conn, session, &mut data);
             io.pending = data.split_off(consumed);
         }
-        poll_fn(|cx| io.poll(cx, shard, stream, conn, session)).await
+        poll_fn(|cx| io.poll(cx, shard, (&mut *stream, socket), conn, session)).await
     }
 }
 
@@ -212,7 +229,7 @@ fn ws_limits(shard: &Shard) -> WsLimits {
 
 /// After our close frame is written: when the client started the close, we close the TCP
 /// stream first (RFC 6455 7.1.1); otherwise we give it a moment to answer with its own.
-async fn linger(stream: &mut TcpStream, answered: bool) {
+async fn linger(stream: &mut TcpStream, socket: &Registration, answered: bool) {
     let _ = stream.close().await;
     if answered {
         return;
@@ -221,8 +238,8 @@ async fn linger(stream: &mut TcpStream, answered: bool) {
     let mut sink = [0u8; 512];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let read = stream
-            .read(&mut sink)
+        let read = socket
+            .recv(&mut sink)
             .or(async {
                 Timer::new(left).await;
                 Ok(0)
@@ -235,7 +252,12 @@ async fn linger(stream: &mut TcpStream, answered: bool) {
 }
 
 /// Reads the request head within the handshake deadline and answers it.
-async fn read_request(shard: &Shard, stream: &mut TcpStream, mode: Mode) -> io::Result<Opened> {
+async fn read_request(
+    shard: &Shard,
+    stream: &mut TcpStream,
+    socket: &Registration,
+    mode: Mode,
+) -> io::Result<Opened> {
     let limits = &shard.config.limits;
     let deadline = Instant::now() + limits.handshake_timeout;
     let head_limits = HandshakeLimits {
@@ -275,8 +297,8 @@ async fn read_request(shard: &Shard, stream: &mut TcpStream, mode: Mode) -> io::
         let left = deadline.saturating_duration_since(Instant::now());
         let filled = buf.len();
         buf.resize(filled + 1024, 0);
-        let read = stream
-            .read(&mut buf[filled..])
+        let read = socket
+            .recv(&mut buf[filled..])
             .or(async {
                 Timer::new(left).await;
                 Err(io::Error::new(
@@ -391,7 +413,7 @@ impl WsIo {
         &mut self,
         cx: &mut Context<'_>,
         shard: &Shard,
-        stream: &mut TcpStream,
+        (stream, socket): (&mut TcpStream, &Registration),
         conn: &Rc<Conn>,
         session: &mut Sessions,
     ) -> Poll<Exit> {
@@ -425,7 +447,7 @@ impl WsIo {
             if !self.read_open || conn.closing.get().is_some() || conn.out.borrow().is_congested() {
                 return Poll::Pending;
             }
-            match self.poll_read(cx, shard, stream, conn, session) {
+            match self.poll_read(cx, shard, socket, conn, session) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Exit::Gone),
                 Poll::Ready(Ok(n)) => ShardMetrics::add(&metrics.bytes_in, n as u64),
                 Poll::Ready(Err(_)) => return Poll::Ready(Exit::Gone),
@@ -444,7 +466,7 @@ impl WsIo {
         &mut self,
         cx: &mut Context<'_>,
         shard: &Shard,
-        stream: &mut TcpStream,
+        socket: &Registration,
         conn: &Rc<Conn>,
         session: &mut Sessions,
     ) -> Poll<io::Result<usize>> {
@@ -458,7 +480,7 @@ impl WsIo {
                 scratch.resize(carried + SCRATCH_BYTES / 2, 0);
             }
             scratch[..carried].copy_from_slice(&self.pending);
-            let n = match Pin::new(&mut *stream).poll_read(cx, &mut scratch[carried..]) {
+            let n = match socket.poll_recv(cx, &mut scratch[carried..]) {
                 Poll::Ready(Ok(n)) if n > 0 => n,
                 other => return other,
             };

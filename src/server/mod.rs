@@ -4,6 +4,7 @@
 //! - `owner.rs`: the owner side of rooms: apply, flush, fan-out, acks, snapshots.
 //! - `conn.rs`: one socket: HTTP request, upgrade, the WebSocket loop; the echo mode.
 //! - `outbound.rs`: a connection's bounded outbound queue.
+//! - `readiness.rs`: the shard's epoll set that tells connections when to read.
 //! - `encode.rs`: server messages to shared, ready-to-write frames.
 //! - `fleet/`: several instances behind Redis: leases, the log, relays (off without `--redis`).
 //! - `ratelimit.rs`, `auth.rs`, `metrics.rs`: the token bucket, JWT grants, counters.
@@ -16,6 +17,7 @@ pub mod metrics;
 mod outbound;
 mod owner;
 mod ratelimit;
+mod readiness;
 mod shard;
 pub mod telemetry;
 
