@@ -211,10 +211,16 @@ impl Registration {
     /// lets them run first, so a new connection's requests are handled after what
     /// earlier ones already sent (a departure before a later join, say).
     pub async fn catch_up(&self) {
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
-        if self.readiness.poll_once(&mut events) > 0 {
+        if self.wake_ready() {
             futures_lite::future::yield_now().await;
         }
+    }
+
+    /// The synchronous half of [`Registration::catch_up`]: its event buffer lives on the
+    /// stack of this call, not in the connection's future for the connection's life.
+    fn wake_ready(&self) -> bool {
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
+        self.readiness.poll_once(&mut events) > 0
     }
 }
 
