@@ -9,7 +9,7 @@
 //! - [`hash`]: [`shard_of`], the stable key -> shard function (FNV-1a + fmix64).
 //! - [`cpus`]: parsing `--cpus 0,2-3`, counting and listing usable CPUs.
 //! - [`listener`]: one `SO_REUSEPORT` socket per shard on one port, handed to
-//!   glommio, with `TCP_DEFER_ACCEPT` set (the project's only `unsafe`).
+//!   glommio, with `TCP_DEFER_ACCEPT` set (this crate's only `unsafe`).
 //! - [`mesh`]: [`Mesh`] / [`Inbox`], cross-shard messages that never block the
 //!   sender and keep FIFO order per pair of shards.
 //! - [`runtime`]: [`run`], which starts the shards and joins them.

@@ -8,7 +8,8 @@
 //! port that every shard shares and that `main` can print.
 //!
 //! The hand-over to glommio ([`into_listener`]) and the one socket option socket2
-//! does not wrap ([`set_defer_accept`]) are the project's only `unsafe`.
+//! does not wrap (`set_defer_accept`) are this crate's only `unsafe`; the server's
+//! other `unsafe` is its epoll readiness (`src/server/readiness.rs`).
 //!
 //! # Blocking mode
 //!
