@@ -136,7 +136,7 @@ pub struct WsReader {
     /// Bytes of the last message, when it had to be assembled.
     assembled: Vec<u8>,
     /// The shard's epoll set, with `--readiness epoll` (see [`crate::epoll`]).
-    epoll: Option<Rc<epoll::Reactor>>,
+    epoll: Option<Rc<kasagi_shards::ReadSet>>,
 }
 
 impl Drop for WsReader {

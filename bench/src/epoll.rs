@@ -17,16 +17,15 @@
 //! timer, so an idle generator sleeps on its own clock instead of being woken by the
 //! server's writes.
 //!
-//! Correctness does not rest on the edge-triggered events: a reader always tries `recv`
-//! before it waits, and only an `EAGAIN` makes it wait, so an event that arrives while
-//! nobody waits loses nothing (the next `recv` finds the bytes).
+//! The set and its waiting readers are `kasagi_shards::ReadSet`, the same the server's
+//! shards read through; only this poller is the bench's own.
 
 use std::cell::RefCell;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
+
+use kasagi_shards::readset::{ReadSet, NO_EVENT};
 
 /// Events taken per `epoll_wait`.
 const BATCH: usize = 256;
@@ -39,133 +38,27 @@ const BUSY_SLICE: Duration = Duration::from_micros(50);
 /// delivery's latency when traffic resumes.
 const IDLE_PAUSE: Duration = Duration::from_micros(20);
 
-pub struct Reactor {
-    epfd: OwnedFd,
-    /// The task waiting on each fd, indexed by fd number.
-    wakers: RefCell<Vec<Option<Waker>>>,
-}
-
 thread_local! {
-    static REACTOR: RefCell<Option<Rc<Reactor>>> = const { RefCell::new(None) };
+    static REACTOR: RefCell<Option<Rc<ReadSet>>> = const { RefCell::new(None) };
 }
 
-/// This shard's reactor, created (and its poller task spawned) on first use.
-pub fn current() -> io::Result<Rc<Reactor>> {
+/// This shard's set, created (and its poller task spawned) on first use.
+pub fn current() -> io::Result<Rc<ReadSet>> {
     if let Some(r) = REACTOR.with(|r| r.borrow().clone()) {
         return Ok(r);
     }
-    // SAFETY: plain syscall; the result is checked before use.
-    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let reactor = Rc::new(Reactor {
-        // SAFETY: `fd` is a fresh descriptor this function owns.
-        epfd: unsafe { OwnedFd::from_raw_fd(fd) },
-        wakers: RefCell::new(Vec::new()),
-    });
-    REACTOR.with(|r| *r.borrow_mut() = Some(reactor.clone()));
-    glommio::spawn_local(poll_forever(Rc::downgrade(&reactor))).detach();
-    Ok(reactor)
+    let set = Rc::new(ReadSet::new()?);
+    REACTOR.with(|r| *r.borrow_mut() = Some(set.clone()));
+    glommio::spawn_local(poll_forever(Rc::downgrade(&set))).detach();
+    Ok(set)
 }
 
-impl Reactor {
-    /// Adds `fd` to the set (edge-triggered readable, hang-up included).
-    pub fn register(&self, fd: RawFd) -> io::Result<()> {
-        {
-            let mut wakers = self.wakers.borrow_mut();
-            let i = fd as usize;
-            if wakers.len() <= i {
-                wakers.resize(i + 1, None);
-            }
-            wakers[i] = None;
-        }
-        let mut event = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
-            u64: fd as u64,
-        };
-        // SAFETY: `event` outlives the call; both fds are valid.
-        let rc =
-            unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// Forgets `fd` (call before the socket closes: fd numbers are reused).
-    pub fn deregister(&self, fd: RawFd) {
-        if let Some(slot) = self.wakers.borrow_mut().get_mut(fd as usize) {
-            *slot = None;
-        }
-        // SAFETY: removing an fd; a failure (already closed) leaves nothing to undo.
-        unsafe {
-            libc::epoll_ctl(
-                self.epfd.as_raw_fd(),
-                libc::EPOLL_CTL_DEL,
-                fd,
-                std::ptr::null_mut(),
-            );
-        }
-    }
-
-    /// Reads what `fd` has, or waits for it to become readable.
-    pub fn poll_recv(
-        &self,
-        fd: RawFd,
-        cx: &Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            // SAFETY: `buf` is valid for `buf.len()` bytes for the call.
-            let n =
-                unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-            if n >= 0 {
-                return Poll::Ready(Ok(n as usize));
-            }
-            let err = io::Error::last_os_error();
-            match err.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => {
-                    if let Some(slot) = self.wakers.borrow_mut().get_mut(fd as usize) {
-                        *slot = Some(cx.waker().clone());
-                    }
-                    return Poll::Pending;
-                }
-                _ => return Poll::Ready(Err(err)),
-            }
-        }
-    }
-
-    /// Fills `buf` from `fd` (an error if the peer closes first).
-    pub async fn recv_exact(&self, fd: RawFd, mut buf: &mut [u8]) -> io::Result<()> {
-        while !buf.is_empty() {
-            let n = std::future::poll_fn(|cx| self.poll_recv(fd, cx, buf)).await?;
-            if n == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            buf = &mut buf[n..];
-        }
-        Ok(())
-    }
-}
-
-async fn poll_forever(reactor: std::rc::Weak<Reactor>) {
-    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; BATCH];
+async fn poll_forever(reactor: std::rc::Weak<ReadSet>) {
+    let mut events = vec![NO_EVENT; BATCH];
     let mut slice_start = Instant::now();
     loop {
         let Some(r) = reactor.upgrade() else { return };
-        // SAFETY: `events` holds BATCH entries; a zero timeout never blocks.
-        let n =
-            unsafe { libc::epoll_wait(r.epfd.as_raw_fd(), events.as_mut_ptr(), BATCH as i32, 0) };
-        if n > 0 {
-            let mut wakers = r.wakers.borrow_mut();
-            for e in &events[..n as usize] {
-                if let Some(w) = wakers.get_mut(e.u64 as usize).and_then(Option::take) {
-                    w.wake();
-                }
-            }
-        }
+        let n = r.wake_ready(&mut events);
         drop(r);
         if n > 0 && slice_start.elapsed() < BUSY_SLICE {
             // Behind the readers just woken, in the same executor turn.

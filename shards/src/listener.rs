@@ -8,8 +8,7 @@
 //! port that every shard shares and that `main` can print.
 //!
 //! The hand-over to glommio ([`into_listener`]) and the one socket option socket2
-//! does not wrap (`set_defer_accept`) are this crate's only `unsafe`; the server's
-//! other `unsafe` is its epoll readiness (`src/server/readiness.rs`).
+//! does not wrap (`set_defer_accept`) are this module's only `unsafe`.
 //!
 //! # Blocking mode
 //!

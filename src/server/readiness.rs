@@ -8,8 +8,8 @@
 //! charged to whichever core ran the client's packet through TCP. On this project's VM
 //! that was a fifth of the bench generator's CPU at 20,000 ops/s.
 //!
-//! Here a socket becoming readable only links it into the shard's epoll set, and a task
-//! polls the set with a zero timeout and wakes the connections that wait. It polls in
+//! Here a socket becoming readable only links it into the shard's epoll set
+//! ([`ReadSet`]), and a task polls the set with a zero timeout and wakes the connections that wait. It polls in
 //! every executor turn in which the shard did anything with its sockets (a connection
 //! read, or the last poll found sockets ready), so a busy shard notices a ready socket
 //! within a turn and is never interrupted for it. When a turn passes with neither, it
@@ -31,19 +31,19 @@
 //! once; the poller notices parks that return with nothing ready and falls back to a short
 //! timer, so the server keeps working, only less efficiently, and says so in its log.
 //!
-//! Correctness does not rest on the edge-triggered events: a connection always tries
-//! `recv` before it waits and only an `EAGAIN` makes it wait, so an event that arrives
-//! while nobody waits loses nothing (the next `recv` finds the bytes).
+//! The set and its wakers are `kasagi_shards::ReadSet`; this module decides when to poll
+//! it and how to wait.
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, FromRawFd, IntoRawFd, RawFd};
 use std::rc::{Rc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_lite::AsyncReadExt;
+use kasagi_shards::readset::{ReadSet, NO_EVENT};
 use tracing::warn;
 
 /// Events taken per `epoll_wait`.
@@ -57,9 +57,7 @@ const FALLBACK_PAUSE: Duration = Duration::from_micros(200);
 
 /// A shard's epoll set and the connections waiting on it.
 pub struct Readiness {
-    epfd: OwnedFd,
-    /// The task waiting on each fd, indexed by fd number.
-    wakers: RefCell<Vec<Option<Waker>>>,
+    set: ReadSet,
     /// Reads tried by connections: the poller compares it between turns.
     reads: Cell<u64>,
     /// The poller, while it is parked.
@@ -77,15 +75,8 @@ pub fn current() -> io::Result<Rc<Readiness>> {
     if let Some(r) = READINESS.with(|r| r.borrow().clone()) {
         return Ok(r);
     }
-    // SAFETY: plain syscall; the result is checked before use.
-    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
     let readiness = Rc::new(Readiness {
-        // SAFETY: `fd` is a fresh descriptor this function owns.
-        epfd: unsafe { OwnedFd::from_raw_fd(fd) },
-        wakers: RefCell::new(Vec::new()),
+        set: ReadSet::new()?,
         reads: Cell::new(0),
         parked: RefCell::new(None),
         parking_works: Cell::new(true),
@@ -99,24 +90,7 @@ impl Readiness {
     /// Adds `fd` to the set (edge-triggered readable, hang-up included). The returned
     /// guard takes it out again when dropped, which must happen before `fd` closes.
     pub fn register(self: &Rc<Self>, fd: RawFd) -> io::Result<Registration> {
-        {
-            let mut wakers = self.wakers.borrow_mut();
-            let i = fd as usize;
-            if wakers.len() <= i {
-                wakers.resize(i + 1, None);
-            }
-            wakers[i] = None;
-        }
-        let mut event = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
-            u64: fd as u64,
-        };
-        // SAFETY: `event` outlives the call; both fds are open.
-        let rc =
-            unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        self.set.register(fd)?;
         Ok(Registration {
             readiness: self.clone(),
             fd,
@@ -129,76 +103,16 @@ impl Readiness {
         if let Some(poller) = self.parked.borrow_mut().take() {
             poller.wake();
         }
-        loop {
-            // SAFETY: `buf` is valid for `buf.len()` bytes for the call.
-            let n =
-                unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
-            if n >= 0 {
-                return Poll::Ready(Ok(n as usize));
-            }
-            let err = io::Error::last_os_error();
-            match err.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => {
-                    if let Some(slot) = self.wakers.borrow_mut().get_mut(fd as usize) {
-                        *slot = Some(cx.waker().clone());
-                    }
-                    return Poll::Pending;
-                }
-                _ => return Poll::Ready(Err(err)),
-            }
-        }
-    }
-
-    fn deregister(&self, fd: RawFd) {
-        if let Some(slot) = self.wakers.borrow_mut().get_mut(fd as usize) {
-            *slot = None;
-        }
-        // SAFETY: removing an open fd; a failure leaves nothing to undo.
-        unsafe {
-            libc::epoll_ctl(
-                self.epfd.as_raw_fd(),
-                libc::EPOLL_CTL_DEL,
-                fd,
-                std::ptr::null_mut(),
-            );
-        }
-    }
-
-    /// Takes the ready events and wakes their waiters; returns how many there were.
-    fn poll_once(&self, events: &mut [libc::epoll_event]) -> usize {
-        // SAFETY: `events` is valid for its length; a zero timeout never blocks.
-        let n = unsafe {
-            libc::epoll_wait(
-                self.epfd.as_raw_fd(),
-                events.as_mut_ptr(),
-                events.len() as i32,
-                0,
-            )
-        };
-        if n <= 0 {
-            return 0;
-        }
-        let mut wakers = self.wakers.borrow_mut();
-        for e in &events[..n as usize] {
-            if let Some(w) = wakers.get_mut(e.u64 as usize).and_then(Option::take) {
-                w.wake();
-            }
-        }
-        n as usize
+        self.set.poll_recv(fd, cx, buf)
     }
 
     /// Waits until the set has a ready socket, through one io_uring poll on a duplicate of
     /// the epoll descriptor (see the module docs).
     async fn park(&self) -> io::Result<()> {
-        // SAFETY: duplicating a descriptor we own; the result is checked before use.
-        let dup = unsafe { libc::fcntl(self.epfd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-        if dup < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let dup = self.set.as_fd().try_clone_to_owned()?;
         // SAFETY: `dup` is a fresh descriptor that nothing else refers to; the stream owns
         // it from here and closes it when dropped (closing a duplicate leaves the set).
-        let mut watch = unsafe { glommio::net::UnixStream::from_raw_fd(dup) };
+        let mut watch = unsafe { glommio::net::UnixStream::from_raw_fd(dup.into_raw_fd()) };
         let mut byte = [0u8; 1];
         // Ends when the epoll descriptor turns readable; the read itself fails (ENOTSOCK).
         let _ = watch.read(&mut byte).await;
@@ -219,8 +133,8 @@ impl Registration {
     /// The synchronous half of [`Registration::catch_up`]: its event buffer lives on the
     /// stack of this call, not in the connection's future for the connection's life.
     fn wake_ready(&self) -> bool {
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
-        self.readiness.poll_once(&mut events) > 0
+        let mut events = [NO_EVENT; 64];
+        self.readiness.set.wake_ready(&mut events) > 0
     }
 }
 
@@ -245,17 +159,17 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.readiness.deregister(self.fd);
+        self.readiness.set.deregister(self.fd);
     }
 }
 
 async fn poll_forever(readiness: Weak<Readiness>) {
-    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; BATCH];
+    let mut events = vec![NO_EVENT; BATCH];
     let mut suspect = 0u32;
     let mut reads_seen = 0u64;
     loop {
         let Some(r) = readiness.upgrade() else { return };
-        let ready = r.poll_once(&mut events);
+        let ready = r.set.wake_ready(&mut events);
         let reads = r.reads.get();
         if ready > 0 || reads != reads_seen {
             // The shard is busy with its sockets: poll again in the next turn.
@@ -288,7 +202,7 @@ async fn poll_forever(readiness: Weak<Readiness>) {
             Ok(Wake::Kernel) => {
                 // The kernel's poll ends only when the set has a ready socket; if it keeps
                 // ending with none, glommio no longer waits on the descriptor.
-                if r.poll_once(&mut events) > 0 {
+                if r.set.wake_ready(&mut events) > 0 {
                     suspect = 0;
                 } else {
                     suspect += 1;
@@ -320,6 +234,7 @@ enum Wake {
 mod tests {
     use super::*;
     use std::io::Write;
+    use std::os::fd::AsRawFd;
     use std::os::unix::net::UnixStream;
 
     #[test]

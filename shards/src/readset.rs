@@ -1,0 +1,220 @@
+//! [`ReadSet`]: one epoll set of sockets and the task waiting to read each.
+//!
+//! It only holds the set and the wakers: whoever owns it decides when to poll it
+//! ([`ReadSet::wake_ready`]) and how to wait when nothing is ready. The server polls it
+//! in every busy executor turn and parks on it when idle (`src/server/readiness.rs`);
+//! the bench polls it on a short timer (`bench/src/epoll.rs`). Either way a socket
+//! turning readable only links it into the set: no io_uring poll completes, so nothing
+//! interrupts the thread that owns it.
+//!
+//! Sockets are registered edge-triggered. Correctness does not rest on the edges: a
+//! reader always tries `recv` before it waits and only an `EAGAIN` makes it wait, so an
+//! event that arrives while nobody waits loses nothing (the next `recv` finds the bytes).
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::task::{Context, Poll, Waker};
+
+/// One ready socket as `epoll_wait` reports it.
+pub type Event = libc::epoll_event;
+
+/// An empty [`Event`], to fill buffers for [`ReadSet::wake_ready`] with.
+pub const NO_EVENT: Event = libc::epoll_event { events: 0, u64: 0 };
+
+/// An epoll set and the task waiting on each of its sockets. Single-threaded.
+pub struct ReadSet {
+    epfd: OwnedFd,
+    /// The task waiting on each fd, indexed by fd number.
+    wakers: RefCell<Vec<Option<Waker>>>,
+}
+
+impl ReadSet {
+    /// An empty set.
+    ///
+    /// # Errors
+    ///
+    /// The error of `epoll_create1` (out of descriptors, say).
+    pub fn new() -> io::Result<ReadSet> {
+        // SAFETY: plain syscall; the result is checked before use.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(ReadSet {
+            // SAFETY: `fd` is a fresh descriptor this function owns.
+            epfd: unsafe { OwnedFd::from_raw_fd(fd) },
+            wakers: RefCell::new(Vec::new()),
+        })
+    }
+
+    /// Adds `fd` (edge-triggered readable, hang-up included). Call [`Self::deregister`]
+    /// before `fd` closes: fd numbers are reused.
+    ///
+    /// # Errors
+    ///
+    /// The error of `epoll_ctl` (`fd` not open, or already in the set).
+    pub fn register(&self, fd: RawFd) -> io::Result<()> {
+        {
+            let mut wakers = self.wakers.borrow_mut();
+            let i = fd as usize;
+            if wakers.len() <= i {
+                wakers.resize(i + 1, None);
+            }
+            wakers[i] = None;
+        }
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+            u64: fd as u64,
+        };
+        // SAFETY: `event` outlives the call; both fds are open.
+        let rc =
+            unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Takes `fd` out of the set and forgets its waiter.
+    pub fn deregister(&self, fd: RawFd) {
+        if let Some(slot) = self.wakers.borrow_mut().get_mut(fd as usize) {
+            *slot = None;
+        }
+        // SAFETY: removing an fd; a failure (already closed) leaves nothing to undo.
+        unsafe {
+            libc::epoll_ctl(
+                self.epfd.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                fd,
+                std::ptr::null_mut(),
+            );
+        }
+    }
+
+    /// Reads what `fd` has into `buf`, or waits (until [`Self::wake_ready`] sees it
+    /// ready) when it has nothing yet.
+    pub fn poll_recv(
+        &self,
+        fd: RawFd,
+        cx: &Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            // SAFETY: `buf` is valid for `buf.len()` bytes for the call.
+            let n =
+                unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            if n >= 0 {
+                return Poll::Ready(Ok(n as usize));
+            }
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => {
+                    if let Some(slot) = self.wakers.borrow_mut().get_mut(fd as usize) {
+                        *slot = Some(cx.waker().clone());
+                    }
+                    return Poll::Pending;
+                }
+                _ => return Poll::Ready(Err(err)),
+            }
+        }
+    }
+
+    /// Fills `buf` from `fd` (an error if the peer closes first).
+    pub async fn recv_exact(&self, fd: RawFd, mut buf: &mut [u8]) -> io::Result<()> {
+        while !buf.is_empty() {
+            let n = std::future::poll_fn(|cx| self.poll_recv(fd, cx, buf)).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            buf = &mut buf[n..];
+        }
+        Ok(())
+    }
+
+    /// Takes up to `events.len()` ready sockets without blocking and wakes their
+    /// waiters; returns how many were ready.
+    pub fn wake_ready(&self, events: &mut [Event]) -> usize {
+        // SAFETY: `events` is valid for its length; a zero timeout never blocks.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epfd.as_raw_fd(),
+                events.as_mut_ptr(),
+                events.len().min(i32::MAX as usize) as i32,
+                0,
+            )
+        };
+        if n <= 0 {
+            return 0;
+        }
+        let mut wakers = self.wakers.borrow_mut();
+        for e in &events[..n as usize] {
+            if let Some(w) = wakers.get_mut(e.u64 as usize).and_then(Option::take) {
+                w.wake();
+            }
+        }
+        n as usize
+    }
+}
+
+/// The epoll descriptor: readable while the set has a ready socket, so an owner can
+/// wait on the whole set with one poll of it.
+impl AsFd for ReadSet {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.epfd.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_reader_waits_until_its_socket_is_ready_and_is_woken_once() {
+        let set = ReadSet::new().unwrap();
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let fd = ours.as_raw_fd();
+        set.register(fd).unwrap();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let cx = Context::from_waker(&waker);
+        let mut buf = [0u8; 8];
+        let mut events = [NO_EVENT; 4];
+
+        assert!(set.poll_recv(fd, &cx, &mut buf).is_pending());
+        assert_eq!(set.wake_ready(&mut events), 0);
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+
+        theirs.write_all(b"hi").unwrap();
+        assert_eq!(set.wake_ready(&mut events), 1);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        match set.poll_recv(fd, &cx, &mut buf) {
+            Poll::Ready(Ok(n)) => assert_eq!(&buf[..n], b"hi"),
+            other => panic!("expected the bytes, got {other:?}"),
+        }
+        // Edge-triggered: nothing new, nothing reported.
+        assert_eq!(set.wake_ready(&mut events), 0);
+
+        set.deregister(fd);
+        theirs.write_all(b"more").unwrap();
+        assert_eq!(
+            set.wake_ready(&mut events),
+            0,
+            "a deregistered fd still reported"
+        );
+    }
+}
