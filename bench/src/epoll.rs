@@ -34,6 +34,13 @@ const BATCH: usize = 256;
 /// ready, before it lets the executor fire timers and reap its own I/O.
 const BUSY_SLICE: Duration = Duration::from_micros(50);
 
+/// How long the poller steps aside after a busy slice, so that the executor gets to its
+/// reactor (see [`poll_forever`]). Not a nanosecond: a glommio timer already due when it is
+/// first polled is ready at once, and a few nanoseconds pass between making one and
+/// polling it. The readers woken in the slice take longer than this, so it has expired by
+/// the time the queue drains and costs no sleep.
+const BUSY_PAUSE: Duration = Duration::from_micros(2);
+
 /// How long the poller sleeps after it found nothing ready: the most it adds to a
 /// delivery's latency when traffic resumes.
 const IDLE_PAUSE: Duration = Duration::from_micros(20);
@@ -65,9 +72,13 @@ async fn poll_forever(reactor: std::rc::Weak<ReadSet>) {
             futures_lite::future::yield_now().await;
             continue;
         }
-        // A timer: the executor reaps its own I/O and fires its timers (the senders'
-        // schedule) before this polls again.
-        let pause = if n > 0 { Duration::ZERO } else { IDLE_PAUSE };
+        // A timer that is not yet due, so this task leaves the run queue: once the readers
+        // it woke are done the queue drains and the executor runs its reactor, which fires
+        // the timers (the senders' schedule) and reaps and submits I/O. glommio visits its
+        // reactor only when the queue drains (or every 100 ms by its preemption timer), and
+        // a sleep already due is ready at once without leaving the queue: with a zero one
+        // here, a busy generator sent tens of milliseconds late.
+        let pause = if n > 0 { BUSY_PAUSE } else { IDLE_PAUSE };
         glommio::timer::sleep(pause).await;
         slice_start = Instant::now();
     }
