@@ -8,8 +8,9 @@
 use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
+use std::io::IoSliceMut;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
@@ -18,7 +19,11 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use thiserror::Error;
 
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use nix::sys::time::TimeSpec;
+
 use crate::epoll;
+use crate::runner;
 use crate::wire::Proto;
 use crate::wsclient::{self, ClientWsError, MaskKeys, Upgrade};
 
@@ -137,6 +142,11 @@ pub struct WsReader {
     assembled: Vec<u8>,
     /// The shard's epoll set, with `--readiness epoll` (see [`crate::epoll`]).
     epoll: Option<Rc<kasagi_shards::ReadSet>>,
+    /// Room for the receive timestamp of a `recvmsg`, once [`Self::stamp_receives`]
+    /// turned stamps on (epoll readiness only).
+    cmsg: Option<Vec<u8>>,
+    /// The kernel's receive time of the last bytes read, when it stamps them.
+    rx_us: Option<RxStamp>,
 }
 
 impl Drop for WsReader {
@@ -149,9 +159,16 @@ impl Drop for WsReader {
 
 /// A message as the bench sees it: a data payload, or the server's close.
 pub enum Incoming<'a> {
-    Data(&'a [u8]),
+    /// The payload, and when the kernel received the last bytes the bench read before it
+    /// was whole (see [`WsReader::fill`]).
+    Data(&'a [u8], Option<RxStamp>),
     Close(Option<u16>),
 }
+
+/// When the kernel queued received bytes on the socket, in µs on the bench clock
+/// (`SO_TIMESTAMPNS`): the time a message reached the client's socket, before the
+/// generator got round to reading it.
+pub type RxStamp = u64;
 
 impl WsReader {
     fn new(stream: Rc<RefCell<TcpStream>>, proto: Proto) -> Self {
@@ -165,6 +182,8 @@ impl WsReader {
             fragmented_opcode: None,
             assembled: Vec::new(),
             epoll: None,
+            cmsg: None,
+            rx_us: None,
         }
     }
 
@@ -176,11 +195,26 @@ impl WsReader {
         Ok(())
     }
 
+    /// Has the kernel stamp what this connection receives, so that each [`Incoming::Data`]
+    /// carries when its bytes reached the socket. Only with epoll readiness (glommio's
+    /// reads take no ancillary data); a no-op otherwise. It costs the generator a
+    /// `setsockopt` per connection and a `recvmsg` instead of a `recv` per read.
+    pub fn stamp_receives(&mut self) -> io::Result<()> {
+        if self.epoll.is_some() {
+            kasagi_shards::ReadSet::stamp_receives(self.stream.borrow().as_raw_fd())?;
+            self.cmsg = Some(nix::cmsg_space!(TimeSpec));
+        }
+        Ok(())
+    }
+
     fn filled(&self) -> &[u8] {
         &self.buf[self.start..self.end]
     }
 
-    /// Reads more bytes from the socket into the buffer (growing it when full).
+    /// Reads more bytes from the socket into the buffer (growing it when full). With epoll
+    /// readiness the read is a `recvmsg` that also takes the kernel's receive timestamp of
+    /// the newest bytes read; a message whole in the buffer before this read is credited
+    /// with this read's (later) time, so the stamp errs late, never early.
     async fn fill(&mut self) -> Result<(), ConnError> {
         if self.start == self.end {
             self.start = 0;
@@ -199,12 +233,24 @@ impl WsReader {
         }
         let stream = &self.stream;
         let buf = &mut self.buf[self.end..];
-        let n = match &self.epoll {
-            Some(reactor) => {
+        let n = match (&self.epoll, &mut self.cmsg) {
+            (Some(reactor), Some(cmsg)) => {
+                let fd = stream.borrow().as_raw_fd();
+                let (n, stamp) =
+                    poll_fn(|cx| reactor.poll_read_with(fd, cx, || recv_stamped(fd, buf, cmsg)))
+                        .await?;
+                if stamp.is_some() {
+                    self.rx_us = stamp;
+                }
+                n
+            }
+            (Some(reactor), None) => {
                 let fd = stream.borrow().as_raw_fd();
                 poll_fn(|cx| reactor.poll_recv(fd, cx, buf)).await?
             }
-            None => poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_read(cx, buf)).await?,
+            (None, _) => {
+                poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_read(cx, buf)).await?
+            }
         };
         if n == 0 {
             return Err(ConnError::Eof);
@@ -237,13 +283,13 @@ impl WsReader {
                     if head.fin {
                         self.fragmented_opcode = None;
                         self.assembled = std::mem::take(&mut self.fragments);
-                        return Ok(Incoming::Data(&self.assembled));
+                        return Ok(Incoming::Data(&self.assembled, self.rx_us));
                     }
                 }
                 opcode => {
                     self.check_type(opcode)?;
                     if head.fin {
-                        return Ok(Incoming::Data(&self.buf[payload]));
+                        return Ok(Incoming::Data(&self.buf[payload], self.rx_us));
                     }
                     self.fragmented_opcode = Some(opcode);
                     self.fragments.clear();
@@ -263,6 +309,25 @@ impl WsReader {
         }
         Ok(())
     }
+}
+
+/// One non-blocking `recvmsg` into `buf`: the bytes read and the kernel's receive
+/// timestamp of the newest of them, on the bench clock.
+fn recv_stamped(
+    fd: RawFd,
+    buf: &mut [u8],
+    cmsg: &mut Vec<u8>,
+) -> io::Result<(usize, Option<RxStamp>)> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(fd, &mut iov, Some(cmsg), MsgFlags::MSG_DONTWAIT)?;
+    let stamp = msg.cmsgs().find_map(|c| match c {
+        ControlMessageOwned::ScmTimestampns(ts) => {
+            let wall_us = ts.tv_sec() as u64 * 1_000_000 + ts.tv_nsec() as u64 / 1_000;
+            Some(runner::wall_to_bench_us(wall_us))
+        }
+        _ => None,
+    });
+    Ok((msg.bytes, stamp))
 }
 
 /// The sending half: each message goes out as one masked frame.

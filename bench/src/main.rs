@@ -16,6 +16,7 @@
 
 mod conn;
 mod epoll;
+mod msgpack_view;
 mod plot;
 mod procfs;
 mod report;

@@ -4,12 +4,14 @@
 //!
 //! Time: every timestamp is microseconds since [`clock_base`], one `Instant` for the whole
 //! process (CLOCK_MONOTONIC), so a timestamp written on one shard is comparable on another.
+//! The kernel's receive timestamps (CLOCK_REALTIME) are brought onto it by
+//! [`wall_to_bench_us`].
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, Result};
 use kasagi_shards::{run, RuntimeConfig};
@@ -17,8 +19,25 @@ use kasagi_shards::{run, RuntimeConfig};
 use crate::procfs::{cpus_busy_seconds, own_cpu, ProcSample};
 
 pub fn clock_base() -> Instant {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    *BASE.get_or_init(Instant::now)
+    base().0
+}
+
+/// [`clock_base`], and the wall-clock time (µs since the Unix epoch) read beside it.
+fn base() -> (Instant, u64) {
+    static BASE: OnceLock<(Instant, u64)> = OnceLock::new();
+    *BASE.get_or_init(|| {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        (Instant::now(), wall)
+    })
+}
+
+/// A wall-clock time (µs since the Unix epoch, as the kernel stamps received packets) on
+/// the bench clock. The two clocks are read a few hundred nanoseconds apart once per
+/// process; an NTP slew over a run moves them by far less than a microsecond.
+pub fn wall_to_bench_us(wall_us: u64) -> u64 {
+    wall_us.saturating_sub(base().1)
 }
 
 /// Microseconds since [`clock_base`].

@@ -72,7 +72,10 @@ pub fn encode_leave(out: &mut Vec<u8>, proto: Proto, room: &RoomId) {
 /// What one timed op carries.
 #[derive(Debug, Clone, Copy)]
 pub struct Stamp {
+    /// When the op was meant to be sent (the schedule), µs on the bench clock.
     pub ts_us: u64,
+    /// When the generator actually sent it: `ts_us` plus its own lag.
+    pub sent_us: u64,
     pub sender: u64,
     pub seq: u64,
 }
@@ -101,6 +104,7 @@ pub fn encode_timed_op(
 fn timed_value(stamp: Stamp, pad: &str) -> Value {
     let mut map = Map::new();
     map.insert("ts".into(), Value::Int(stamp.ts_us as i64));
+    map.insert("at".into(), Value::Int(stamp.sent_us as i64));
     map.insert("s".into(), Value::Int(stamp.sender as i64));
     map.insert("q".into(), Value::Int(stamp.seq as i64));
     map.insert("pad".into(), Value::Str(pad.to_owned()));
@@ -128,6 +132,7 @@ pub fn encode_set(
 pub fn pad_for(proto: Proto, op_bytes: usize, key: &str) -> String {
     let stamp = Stamp {
         ts_us: 1 << 40,
+        sent_us: 1 << 40,
         sender: 1 << 12,
         seq: 1 << 20,
     };
@@ -171,7 +176,7 @@ pub struct ServerView<'a> {
 impl<'a> ServerView<'a> {
     pub fn decode(payload: &'a [u8], proto: Proto) -> Result<Self, String> {
         match proto {
-            Proto::Msgpack => rmp_serde::from_slice(payload).map_err(|e| e.to_string()),
+            Proto::Msgpack => crate::msgpack_view::decode(payload),
             Proto::Json => serde_json::from_slice(payload).map_err(|e| e.to_string()),
         }
     }
@@ -181,6 +186,8 @@ impl<'a> ServerView<'a> {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct OpProbe {
     pub ts: Option<u64>,
+    /// When the op was actually sent (`at`).
+    pub sent: Option<u64>,
 }
 
 impl<'de> Deserialize<'de> for OpProbe {
@@ -211,6 +218,8 @@ impl<'de> Visitor<'de> for OpVisitor {
 struct StampFields {
     #[serde(default)]
     ts: Option<u64>,
+    #[serde(default)]
+    at: Option<u64>,
 }
 
 /// Any value; a map's `ts`/`s`/`q` are read, everything else is skipped.
@@ -257,7 +266,10 @@ impl<'de> Visitor<'de> for StampVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<MaybeStamp, A::Error> {
         let fields = StampFields::deserialize(MapAccessDeserializer::new(map))?;
-        Ok(MaybeStamp(OpProbe { ts: fields.ts }))
+        Ok(MaybeStamp(OpProbe {
+            ts: fields.ts,
+            sent: fields.at,
+        }))
     }
 }
 
@@ -269,6 +281,7 @@ mod tests {
     fn delta_bytes(proto: Proto) -> Vec<u8> {
         let stamp = Stamp {
             ts_us: 123,
+            sent_us: 130,
             sender: 4,
             seq: 9,
         };
@@ -298,6 +311,7 @@ mod tests {
             let ops = view.ops.expect("ops");
             assert_eq!(ops.len(), 3);
             assert_eq!(ops[0].ts, Some(123));
+            assert_eq!(ops[0].sent, Some(130));
             assert_eq!(ops[1].ts, None);
             assert_eq!(ops[2].ts, None);
         }
@@ -311,6 +325,7 @@ mod tests {
             let room = room_id("x");
             let stamp = Stamp {
                 ts_us: 1 << 40,
+                sent_us: 1 << 40,
                 sender: 1 << 12,
                 seq: 1 << 20,
             };

@@ -67,6 +67,15 @@ fn fanout_msgpack_delivers_everything() {
     ]);
     assert_fanout_complete(&report);
     assert_eq!(report["params"]["readiness"], "epoll");
+    // With epoll readiness every delivery is also timed at the socket (the kernel's receive
+    // stamp) and from the generator's actual send; neither can exceed the end-to-end time.
+    let latency = &report["latency"];
+    let count = |name: &str| latency[name]["count"].as_u64().unwrap_or(0);
+    assert!(count("delivery") > 0);
+    assert_eq!(count("delivery_at_socket"), count("delivery"));
+    assert_eq!(count("wire"), count("delivery"));
+    let max = |name: &str| latency[name]["max_us"].as_u64().expect(name);
+    assert!(max("delivery_at_socket") <= max("delivery"));
     // The server's own histograms, read from its /metrics when the run ended.
     let server = &report["server_latency"]["op_to_flush"];
     assert!(server["count"].as_u64().expect("server op_to_flush") > 0);

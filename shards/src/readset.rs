@@ -100,24 +100,60 @@ impl ReadSet {
         cx: &Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        loop {
+        self.poll_read_with(fd, cx, || {
             // SAFETY: `buf` is valid for `buf.len()` bytes for the call.
             let n =
                 unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
             if n >= 0 {
-                return Poll::Ready(Ok(n as usize));
+                Ok(n as usize)
+            } else {
+                Err(io::Error::last_os_error())
             }
-            let err = io::Error::last_os_error();
-            match err.kind() {
-                io::ErrorKind::Interrupted => continue,
-                io::ErrorKind::WouldBlock => {
+        })
+    }
+
+    /// Runs `read`, a non-blocking read of `fd` (a `recvmsg` with ancillary data, say),
+    /// again while it is interrupted; when it would block, waits (until
+    /// [`Self::wake_ready`] sees `fd` ready).
+    pub fn poll_read_with<T>(
+        &self,
+        fd: RawFd,
+        cx: &Context<'_>,
+        mut read: impl FnMut() -> io::Result<T>,
+    ) -> Poll<io::Result<T>> {
+        loop {
+            match read() {
+                Ok(v) => return Poll::Ready(Ok(v)),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                     if let Some(slot) = self.wakers.borrow_mut().get_mut(fd as usize) {
                         *slot = Some(cx.waker().clone());
                     }
                     return Poll::Pending;
                 }
-                _ => return Poll::Ready(Err(err)),
+                Err(err) => return Poll::Ready(Err(err)),
             }
+        }
+    }
+
+    /// Has the kernel stamp what `fd` receives with its arrival time (`SO_TIMESTAMPNS`),
+    /// for a reader that takes the stamps with `recvmsg` through [`Self::poll_read_with`].
+    pub fn stamp_receives(fd: RawFd) -> io::Result<()> {
+        let on: libc::c_int = 1;
+        // SAFETY: `on` outlives the call and the length passed is its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_TIMESTAMPNS,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
         }
     }
 

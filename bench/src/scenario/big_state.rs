@@ -169,7 +169,7 @@ async fn wait_ack(
     loop {
         match r.next_message().await? {
             Incoming::Close(code) => return Err(ConnError::Closed(code)),
-            Incoming::Data(p) => {
+            Incoming::Data(p, _) => {
                 let view = ServerView::decode(p, proto).map_err(ConnError::Glommio)?;
                 match (view.t.as_ref(), view.seq) {
                     ("ack", Some(s)) if s == seq => return Ok(true),
@@ -214,7 +214,7 @@ async fn join_loop(
         loop {
             match r.next_message().await? {
                 Incoming::Close(code) => return Err(ConnError::Closed(code)),
-                Incoming::Data(p) => {
+                Incoming::Data(p, _) => {
                     let view = ServerView::decode(p, proto).map_err(ConnError::Glommio)?;
                     if view.t == "left" {
                         break;

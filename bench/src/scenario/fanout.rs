@@ -32,7 +32,7 @@ use glommio::net::TcpStream;
 use kasagi::protocol::RoomId;
 use kasagi_shards::shard_of;
 
-use crate::conn::{self, ConnError, Incoming, Readiness, Target, WsReader, WsWriter};
+use crate::conn::{self, ConnError, Incoming, Readiness, RxStamp, Target, WsReader, WsWriter};
 use crate::epoll;
 use crate::runner::{now_us, sleep_until, Sync};
 use crate::stats::Stats;
@@ -141,6 +141,7 @@ async fn shard_inner(id: usize, plan: &Plan, sync: &Sync) -> Result<Stats, Stats
                 let nonce = ((id as u64) << 40) ^ i as u64;
                 glommio::spawn_local(async move {
                     let (mut r, mut w) = conn::connect(&target, nonce).await?;
+                    r.stamp_receives()?;
                     let shard = match probe_room {
                         Some(room) => probe_shard(&mut r, &mut w, target.proto, &room).await?,
                         None => 0,
@@ -389,7 +390,7 @@ async fn probe_shard(
     loop {
         match reader.next_message().await? {
             Incoming::Close(code) => return Err(ConnError::Closed(code)),
-            Incoming::Data(payload) => {
+            Incoming::Data(payload, _) => {
                 let view = ServerView::decode(payload, proto).map_err(ConnError::Glommio)?;
                 if view.t.as_ref() == "left" && view.room.as_deref() == Some(room.as_str()) {
                     return Ok(shard);
@@ -420,7 +421,7 @@ pub async fn read_joined(
     loop {
         match reader.next_message().await? {
             Incoming::Close(code) => return Err(ConnError::Closed(code)),
-            Incoming::Data(payload) => {
+            Incoming::Data(payload, _) => {
                 let view = ServerView::decode(payload, proto).map_err(ConnError::Glommio)?;
                 match view.t.as_ref() {
                     "joined" if view.room.as_deref() == Some(room.as_str()) => {
@@ -448,7 +449,7 @@ pub async fn read_joined(
 async fn receive(state: Shared, client: usize, mut reader: WsReader) {
     loop {
         match reader.next_message().await {
-            Ok(Incoming::Data(payload)) => handle(&state, client, payload),
+            Ok(Incoming::Data(payload, rx_us)) => handle(&state, client, payload, rx_us),
             Ok(Incoming::Close(code)) => {
                 let mut st = state.borrow_mut();
                 let key = format!("close_{}", code.map_or("none".into(), |c| c.to_string()));
@@ -466,7 +467,8 @@ async fn receive(state: Shared, client: usize, mut reader: WsReader) {
     }
 }
 
-fn handle(state: &Shared, client: usize, payload: &[u8]) {
+/// `rx_us`: when the kernel received the message's last bytes (see [`RxStamp`]).
+fn handle(state: &Shared, client: usize, payload: &[u8], rx_us: Option<RxStamp>) {
     let mut guard = state.borrow_mut();
     let st = &mut *guard;
     let view = match ServerView::decode(payload, st.proto) {
@@ -496,6 +498,12 @@ fn handle(state: &Shared, client: usize, payload: &[u8]) {
                     if ts >= from && ts < to {
                         in_window += 1;
                         st.stats.record("delivery", now.saturating_sub(ts));
+                        if let Some(rx) = rx_us {
+                            st.stats.record("delivery_at_socket", rx.saturating_sub(ts));
+                            if let Some(sent) = op.sent {
+                                st.stats.record("wire", rx.saturating_sub(sent));
+                            }
+                        }
                     }
                 }
             }
@@ -570,12 +578,12 @@ async fn send(mut p: SendPlan) {
         }
         sleep_until(intended).await;
         let seq = k + 1;
+        let sent = now_us();
         {
             let mut st = p.state.borrow_mut();
             // How late the generator itself is: large values mean it is the bottleneck.
             if intended >= st.window.0 && intended < st.window.1 {
-                st.stats
-                    .record("send_lag", now_us().saturating_sub(intended));
+                st.stats.record("send_lag", sent.saturating_sub(intended));
             }
             st.clients[p.client].pending.push_back((seq, intended));
             st.stats.add("sent_msgs", 1);
@@ -583,6 +591,7 @@ async fn send(mut p: SendPlan) {
         }
         let stamp = Stamp {
             ts_us: intended,
+            sent_us: sent,
             sender: p.global as u64,
             seq,
         };

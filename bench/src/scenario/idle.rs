@@ -228,7 +228,7 @@ async fn shard(id: usize, plan: Arc<Plan>, sync: Arc<Sync>) -> Stats {
 async fn listen(stats: Rc<RefCell<Stats>>, mut reader: WsReader, proto: wire::Proto) {
     loop {
         match reader.next_message().await {
-            Ok(Incoming::Data(p)) => {
+            Ok(Incoming::Data(p, _)) => {
                 if let Ok(view) = ServerView::decode(p, proto) {
                     if view.t == "pong" {
                         stats.borrow_mut().add("pongs", 1);
