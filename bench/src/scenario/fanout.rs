@@ -63,6 +63,8 @@ pub struct Plan {
     pub drain: Duration,
     /// `ack` scenario: bare TCP echo connections measured alongside (shard 0 only).
     pub echo: Option<(SocketAddr, usize)>,
+    /// Have the kernel stamp what the clients receive (see `WsReader::stamp_receives`).
+    pub socket_stamps: bool,
 }
 
 impl Plan {
@@ -139,9 +141,12 @@ async fn shard_inner(id: usize, plan: &Plan, sync: &Sync) -> Result<Stats, Stats
                 let target = plan.target.clone();
                 let probe_room = probe.then(|| format!("p{}-{id}-{i}", plan.run_id));
                 let nonce = ((id as u64) << 40) ^ i as u64;
+                let stamps = plan.socket_stamps;
                 glommio::spawn_local(async move {
                     let (mut r, mut w) = conn::connect(&target, nonce).await?;
-                    r.stamp_receives()?;
+                    if stamps {
+                        r.stamp_receives()?;
+                    }
                     let shard = match probe_room {
                         Some(room) => probe_shard(&mut r, &mut w, target.proto, &room).await?,
                         None => 0,

@@ -339,6 +339,11 @@ pub struct FanoutArgs {
     /// Connections being opened at once, per bench shard.
     #[arg(long, default_value_t = 128)]
     pub connect_concurrency: usize,
+    /// Also time each delivery at the client's socket (the kernel's receive stamp) and
+    /// from the actual send: the `delivery_at_socket` and `wire` histograms. Costs the
+    /// generator a `recvmsg` per read instead of a `recv`; epoll readiness only.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub socket_stamps: bool,
 }
 
 pub fn fanout_main(common: &Common, args: &FanoutArgs) -> Result<Report> {
@@ -365,6 +370,7 @@ pub fn fanout_main(common: &Common, args: &FanoutArgs) -> Result<Report> {
         duration: common.duration,
         drain: common.drain,
         echo: None,
+        socket_stamps: args.socket_stamps,
     };
     let offered_ops = (args.rooms * senders * plan.ops_per_msg) as f64 * args.hz;
     let title = format!(
@@ -383,6 +389,7 @@ pub fn fanout_main(common: &Common, args: &FanoutArgs) -> Result<Report> {
         "hz": args.hz, "ops_per_msg": plan.ops_per_msg, "op_bytes": args.op_bytes,
         "cross_shard": plan.cross_shard, "proto": common.proto, "server_shards": env.server_shards,
         "duration_s": common.duration.as_secs_f64(), "warmup_s": common.warmup.as_secs_f64(),
+        "socket_stamps": args.socket_stamps,
     });
     let plan = Arc::new(plan);
     let sync = Arc::new(Sync::default());
@@ -453,6 +460,8 @@ pub fn ack_main(common: &Common, args: &AckArgs) -> Result<Report> {
         duration: common.duration,
         drain: common.drain,
         echo: Some((echo_addr, echo_conns)),
+        // The echo's reads are plain `recv`s: the acks' reads stay the same for the ratio.
+        socket_stamps: false,
     });
     let title = format!(
         "{} clients x {} Hz, rooms of 1, {} B ops, {}; bare TCP echo on {} connection(s)",
