@@ -64,10 +64,11 @@ fn fanout_msgpack_delivers_everything() {
         "5",
         "--hz",
         "20",
+        "--socket-stamps",
     ]);
     assert_fanout_complete(&report);
     assert_eq!(report["params"]["readiness"], "epoll");
-    // With epoll readiness every delivery is also timed at the socket (the kernel's receive
+    // With --socket-stamps every delivery is also timed at the socket (the kernel's receive
     // stamp) and from the generator's actual send; neither can exceed the end-to-end time.
     let latency = &report["latency"];
     let count = |name: &str| latency[name]["count"].as_u64().unwrap_or(0);
@@ -98,6 +99,8 @@ fn fanout_on_uring_readiness_delivers_everything() {
     ]);
     assert_fanout_complete(&report);
     assert_eq!(report["params"]["readiness"], "uring");
+    // Socket stamps are off unless asked for.
+    assert!(report["latency"]["wire"].is_null());
 }
 
 fn assert_fanout_complete(report: &serde_json::Value) {
