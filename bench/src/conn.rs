@@ -211,10 +211,11 @@ impl WsReader {
         &self.buf[self.start..self.end]
     }
 
-    /// Reads more bytes from the socket into the buffer (growing it when full). With epoll
-    /// readiness the read is a `recvmsg` that also takes the kernel's receive timestamp of
-    /// the newest bytes read; a message whole in the buffer before this read is credited
-    /// with this read's (later) time, so the stamp errs late, never early.
+    /// Reads more bytes from the socket into the buffer (growing it when full). Once
+    /// [`Self::stamp_receives`] turned stamps on, the read is a `recvmsg` that also takes
+    /// the kernel's receive timestamp of the newest bytes read; a message whole in the
+    /// buffer before this read is credited with this read's (later) time, so the stamp
+    /// errs late, never early.
     async fn fill(&mut self) -> Result<(), ConnError> {
         if self.start == self.end {
             self.start = 0;

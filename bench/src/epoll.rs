@@ -76,8 +76,8 @@ async fn poll_forever(reactor: std::rc::Weak<ReadSet>) {
         // it woke are done the queue drains and the executor runs its reactor, which fires
         // the timers (the senders' schedule) and reaps and submits I/O. glommio visits its
         // reactor only when the queue drains (or every 100 ms by its preemption timer), and
-        // a sleep already due is ready at once without leaving the queue: with a zero one
-        // here, a busy generator sent tens of milliseconds late.
+        // a sleep already due is ready at once without leaving the queue, so with a zero one
+        // here the senders' timers waited until a poll found nothing ready.
         let pause = if n > 0 { BUSY_PAUSE } else { IDLE_PAUSE };
         glommio::timer::sleep(pause).await;
         slice_start = Instant::now();

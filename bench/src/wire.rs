@@ -2,11 +2,11 @@
 //! encoder, and a lean view of the server's messages that reads only what the bench
 //! checks (type, room, tick, seq, the ops' timestamps) and skips the rest unparsed.
 //!
-//! The ops the bench sends are `["set", [key], {"ts": µs, "s": sender, "q": seq, "pad":
-//! "…"}]`: a top-level key, so the server's delta carries the same op (a set under a map
-//! created in the same flush would travel as the parent map instead). `ts` is the
+//! The ops the bench sends are `["set", [key], {"ts": µs, "at": µs, "s": sender, "q": seq,
+//! "pad": "…"}]`: a top-level key, so the server's delta carries the same op (a set under a
+//! map created in the same flush would travel as the parent map instead). `ts` is the
 //! intended send time in µs on the bench's clock, which every receiver subtracts from its
-//! own `now`.
+//! own `now`; `at` is when the generator actually sent it (see `--socket-stamps`).
 
 use std::borrow::Cow;
 use std::fmt;
