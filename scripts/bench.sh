@@ -30,8 +30,9 @@ usage() {
     cat <<USAGE
 usage: scripts/bench.sh PRESET [extra kasagi-bench flags]
 presets:
-  jitter        how late a sleeping thread wakes on the server's and the bench's CPUs, nothing
-                else started: the machine's own latency floor
+  jitter        how late a sleeping thread wakes on the server's and the bench's CPUs, and
+                how much time a spinning one loses in stalls, nothing else started: the
+                machine's own latency floor
   fanout-1core  coalesced fan-out throughput: 40 rooms x 50 clients x 10 Hz (1M deliveries/s offered)
   latency-10k   latency at half of saturation: 10,000 connections, 400 rooms of 25, 2 Hz
                 (500k deliveries/s; latency-sweep shows the shape saturating past 4 Hz)
@@ -91,14 +92,20 @@ run_preset() {
             step fanout-1core "--shards 1 $RATE_ARGS" fanout --proto "$PROTO" \
                 --rooms 40 --clients-per-room 50 --hz 10 ;;
         jitter)
-            local dir="$out/jitter"
-            mkdir -p "$dir"
-            local cmd=("$BENCH" jitter --cpus "$SERVER_CPUS,$BENCH_CPUS" --duration "$DURATION"
-                --out "$dir")
-            echo "+ ${cmd[*]}" | tee "$dir/command.txt"
-            "${cmd[@]}" >"$dir/stdout.txt" 2>"$dir/stderr.txt" || status=1
-            tail -n 1 "$dir/stdout.txt" >>"$out/results.jsonl" || true
-            steps+=(jitter) ;;
+            # A sleeping thread's late wake-ups, then a spinning thread's lost stretches.
+            local name mode
+            for name in jitter stalls; do
+                mode=()
+                [ "$name" = stalls ] && mode=(--spin)
+                local dir="$out/$name"
+                mkdir -p "$dir"
+                local cmd=("$BENCH" jitter "${mode[@]}" --cpus "$SERVER_CPUS,$BENCH_CPUS"
+                    --duration "$DURATION" --out "$dir")
+                echo "+ ${cmd[*]}" | tee "$dir/command.txt"
+                "${cmd[@]}" >"$dir/stdout.txt" 2>"$dir/stderr.txt" || status=1
+                tail -n 1 "$dir/stdout.txt" >>"$out/results.jsonl" || true
+                steps+=("$name")
+            done ;;
         latency-10k)
             step latency-10k "--shards 1 $RATE_ARGS" fanout --proto "$PROTO" \
                 --rooms 400 --clients-per-room 25 --hz 2 ;;

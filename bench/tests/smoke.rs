@@ -169,3 +169,23 @@ fn jitter_reports_every_cpu_it_probed() {
         assert!(json["metrics"][format!("cpu{cpu}_over_1ms")].is_number());
     }
 }
+
+/// `jitter --spin`: per probed CPU, the share of the run a spinning thread lost, which is a
+/// share, and the lost microseconds behind it.
+#[test]
+fn jitter_spin_reports_the_time_each_cpu_lost() {
+    let json = run_json(&["jitter", "--spin", "--duration", "300ms"]);
+    assert_eq!(json["params"]["spin"], true);
+    let cpus = json["params"]["cpus"].as_array().expect("cpus");
+    assert!(!cpus.is_empty());
+    for cpu in cpus {
+        let cpu = cpu.as_u64().expect("cpu number");
+        let share = json["metrics"][format!("cpu{cpu}_lost_share")]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no lost share for CPU {cpu}: {json}"));
+        assert!((0.0..1.0).contains(&share), "{json}");
+        let lost_us = json["counters"][format!("lost_us_cpu{cpu}")].as_u64();
+        assert!(lost_us.is_some(), "{json}");
+        assert!(json["metrics"][format!("cpu{cpu}_over_1ms")].is_number());
+    }
+}
