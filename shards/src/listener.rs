@@ -7,8 +7,8 @@
 //! ordinary error at startup, and `--listen 127.0.0.1:0` resolves to one real
 //! port that every shard shares and that `main` can print.
 //!
-//! The hand-over to glommio ([`into_listener`]) and the one socket option socket2
-//! does not wrap (`set_defer_accept`) are this module's only `unsafe`.
+//! The hand-over to glommio ([`into_listener`]) and `setsockopt` for the options
+//! socket2 does not wrap (`set_int_option`) are this module's only `unsafe`.
 //!
 //! # Blocking mode
 //!
@@ -24,7 +24,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 
 use glommio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -97,14 +97,31 @@ pub const DEFER_ACCEPT_SECS: i32 = 1;
 
 /// Sets `TCP_DEFER_ACCEPT` on a listening socket (socket2 has no setter).
 fn set_defer_accept(socket: &Socket, secs: i32) -> io::Result<()> {
-    // SAFETY: `socket` is an open socket for the whole call; the option value
-    // is a live `c_int` and its exact size is passed with it.
+    set_int_option(
+        socket.as_raw_fd(),
+        libc::IPPROTO_TCP,
+        libc::TCP_DEFER_ACCEPT,
+        secs,
+    )
+}
+
+/// `setsockopt` of an `int` option on an open socket `fd`: the crate's one wrapper, for
+/// the options socket2 does not cover (`TCP_DEFER_ACCEPT` here, `SO_TIMESTAMPNS` in
+/// [`crate::ReadSet::stamp_receives`]).
+pub(crate) fn set_int_option(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: the option value is a live `c_int` and its exact size is passed with it; a
+    // bad `fd` is an error from the kernel, not undefined behaviour.
     let rc = unsafe {
         libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_DEFER_ACCEPT,
-            std::ptr::from_ref(&secs).cast(),
+            fd,
+            level,
+            name,
+            std::ptr::from_ref(&value).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };

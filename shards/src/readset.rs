@@ -139,22 +139,7 @@ impl ReadSet {
     /// Has the kernel stamp what `fd` receives with its arrival time (`SO_TIMESTAMPNS`),
     /// for a reader that takes the stamps with `recvmsg` through [`Self::poll_read_with`].
     pub fn stamp_receives(fd: RawFd) -> io::Result<()> {
-        let on: libc::c_int = 1;
-        // SAFETY: `on` outlives the call and the length passed is its size.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_TIMESTAMPNS,
-                (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        crate::listener::set_int_option(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)
     }
 
     /// Fills `buf` from `fd` (an error if the peer closes first).
