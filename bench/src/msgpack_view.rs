@@ -200,10 +200,7 @@ impl<'a> Cursor<'a> {
     }
 
     fn str(&mut self) -> Result<&'a str, Malformed> {
-        match self.head()? {
-            Head::Str(bytes) => std::str::from_utf8(bytes).map_err(|_| "a string is not UTF-8"),
-            _ => Err("expected a string"),
-        }
+        self.opt_str()?.ok_or("expected a string")
     }
 
     fn opt_str(&mut self) -> Result<Option<&'a str>, Malformed> {
@@ -219,9 +216,9 @@ impl<'a> Cursor<'a> {
     fn opt_uint(&mut self) -> Result<Option<u64>, Malformed> {
         match self.head()? {
             Head::Nil => Ok(None),
-            Head::Uint(n) => Ok(Some(n)),
-            Head::Int(n) if n >= 0 => Ok(Some(n as u64)),
-            _ => Err("expected an unsigned integer"),
+            head => unsigned(&head)
+                .map(Some)
+                .ok_or("expected an unsigned integer"),
         }
     }
 
@@ -280,14 +277,21 @@ impl<'a> Cursor<'a> {
 
     /// A stamp's time: not one unless unsigned (the bench's own ops always are).
     fn stamp_field(&mut self) -> Result<Option<u64>, Malformed> {
-        Ok(match self.head()? {
-            Head::Uint(n) => Some(n),
-            Head::Int(n) if n >= 0 => Some(n as u64),
-            other => {
-                self.skip_children(other)?;
-                None
-            }
-        })
+        let head = self.head()?;
+        let n = unsigned(&head);
+        if n.is_none() {
+            self.skip_children(head)?;
+        }
+        Ok(n)
+    }
+}
+
+/// A non-negative integer's value, however it was encoded.
+fn unsigned(head: &Head<'_>) -> Option<u64> {
+    match *head {
+        Head::Uint(n) => Some(n),
+        Head::Int(n) if n >= 0 => Some(n as u64),
+        _ => None,
     }
 }
 

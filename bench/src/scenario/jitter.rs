@@ -16,10 +16,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use clap::Args;
-use nix::sched::{sched_setaffinity, CpuSet};
-use nix::unistd::Pid;
 use serde_json::json;
 
+use super::pin_current_thread;
 use crate::report::Report;
 use crate::stats::Stats;
 
@@ -141,9 +140,7 @@ pub fn jitter_main(args: &JitterArgs) -> Result<Report> {
 }
 
 fn probe(cpu: usize, name: &'static str, duration: Duration, interval: Duration) -> Result<Stats> {
-    let mut set = CpuSet::new();
-    set.set(cpu).with_context(|| format!("CPU {cpu}"))?;
-    sched_setaffinity(Pid::from_raw(0), &set).with_context(|| format!("pinning to CPU {cpu}"))?;
+    pin_current_thread(&[cpu]).with_context(|| format!("pinning to CPU {cpu}"))?;
     let mut stats = Stats::default();
     let end = Instant::now() + duration;
     loop {
@@ -169,9 +166,7 @@ fn probe_spin(
     duration: Duration,
     min_gap: Duration,
 ) -> Result<Stats> {
-    let mut set = CpuSet::new();
-    set.set(cpu).with_context(|| format!("CPU {cpu}"))?;
-    sched_setaffinity(Pid::from_raw(0), &set).with_context(|| format!("pinning to CPU {cpu}"))?;
+    pin_current_thread(&[cpu]).with_context(|| format!("pinning to CPU {cpu}"))?;
     let mut stats = Stats::default();
     let mut lost = Duration::ZERO;
     let mut last = Instant::now();

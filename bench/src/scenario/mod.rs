@@ -527,7 +527,8 @@ fn spawn_echo_server(cpus: Vec<usize>) -> Result<SocketAddr> {
                 let _ = std::thread::Builder::new()
                     .name("bench-echo-conn".into())
                     .spawn(move || {
-                        pin_current_thread(&cpus);
+                        // Unpinned if refused: the echo still answers.
+                        let _ = pin_current_thread(&cpus);
                         let mut buf = [0u8; 4096];
                         loop {
                             match stream.read(&mut buf) {
@@ -546,16 +547,20 @@ fn spawn_echo_server(cpus: Vec<usize>) -> Result<SocketAddr> {
     Ok(addr)
 }
 
-/// Pins the calling thread to `cpus` (nothing when empty or refused).
-fn pin_current_thread(cpus: &[usize]) {
+/// Pins the calling thread to `cpus` (nothing when empty).
+///
+/// # Errors
+///
+/// A CPU beyond the set's size, or the kernel refusing the affinity.
+pub(crate) fn pin_current_thread(cpus: &[usize]) -> nix::Result<()> {
     use nix::sched::{sched_setaffinity, CpuSet};
     use nix::unistd::Pid;
     if cpus.is_empty() {
-        return;
+        return Ok(());
     }
     let mut set = CpuSet::new();
     for &cpu in cpus {
-        let _ = set.set(cpu);
+        set.set(cpu)?;
     }
-    let _ = sched_setaffinity(Pid::from_raw(0), &set);
+    sched_setaffinity(Pid::from_raw(0), &set)
 }
