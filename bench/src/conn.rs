@@ -237,9 +237,12 @@ impl WsReader {
         let n = match (&self.epoll, &mut self.cmsg) {
             (Some(reactor), Some(cmsg)) => {
                 let fd = stream.borrow().as_raw_fd();
-                let (n, stamp) =
-                    poll_fn(|cx| reactor.poll_read_with(fd, cx, || recv_stamped(fd, buf, cmsg)))
-                        .await?;
+                let want = buf.len();
+                let short = |&(n, _): &(usize, _)| n > 0 && n < want;
+                let (n, stamp) = poll_fn(|cx| {
+                    reactor.poll_read_with(fd, cx, short, || recv_stamped(fd, buf, cmsg))
+                })
+                .await?;
                 if stamp.is_some() {
                     self.rx_us = stamp;
                 }

@@ -418,6 +418,10 @@ impl WsIo {
         session: &mut Sessions,
     ) -> Poll<Exit> {
         let metrics = shard.metrics();
+        // Woken, for bytes to write or to read: the first read asks the socket, so an op
+        // that arrived since the last `epoll_wait` is handled in this turn. Reads after a
+        // short one within this call wait for the next edge instead of an `EAGAIN`.
+        socket.retry();
         for _ in 0..READS_PER_POLL {
             // Write whatever is queued.
             {

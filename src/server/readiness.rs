@@ -88,7 +88,8 @@ pub fn current() -> io::Result<Rc<Readiness>> {
 
 impl Readiness {
     /// Adds `fd` to the set (edge-triggered readable, hang-up included). The returned
-    /// guard takes it out again when dropped, which must happen before `fd` closes.
+    /// guard forgets it when dropped, which must happen before `fd` closes, and the close
+    /// takes it out of the set.
     pub fn register(self: &Rc<Self>, fd: RawFd) -> io::Result<Registration> {
         self.set.register(fd)?;
         Ok(Registration {
@@ -138,7 +139,7 @@ impl Registration {
     }
 }
 
-/// A socket's place in its shard's set: dropping it takes the socket out.
+/// A socket's place in its shard's set: drop it just before the socket closes.
 pub struct Registration {
     readiness: Rc<Readiness>,
     fd: RawFd,
@@ -150,6 +151,12 @@ impl Registration {
         self.readiness.poll_recv(self.fd, cx, buf)
     }
 
+    /// Lets the next read ask the socket even if the last one drained it (see
+    /// `ReadSet::retry`).
+    pub fn retry(&self) {
+        self.readiness.set.retry(self.fd);
+    }
+
     /// Reads what the socket has into `buf`, waiting until it has something (0: end of
     /// stream).
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
@@ -158,8 +165,11 @@ impl Registration {
 }
 
 impl Drop for Registration {
+    /// Forgets the socket's waiter. The `epoll_ctl` that would take it out of the set is
+    /// left to the kernel: every connection closes its socket right after (see
+    /// `ReadSet::forget`), and the call was a tenth of a short connection's syscalls.
     fn drop(&mut self) {
-        self.readiness.set.deregister(self.fd);
+        self.readiness.set.forget(self.fd);
     }
 }
 
