@@ -141,7 +141,7 @@ pub struct WsReader {
     /// Bytes of the last message, when it had to be assembled.
     assembled: Vec<u8>,
     /// The shard's epoll set, with `--readiness epoll` (see [`crate::epoll`]).
-    epoll: Option<Rc<kasagi_shards::ReadSet>>,
+    epoll: Option<Rc<kasagi_shards::SocketSet>>,
     /// Room for the receive timestamp of a `recvmsg`, once [`Self::stamp_receives`]
     /// turned stamps on (epoll readiness only).
     cmsg: Option<Vec<u8>>,
@@ -201,7 +201,7 @@ impl WsReader {
     /// `setsockopt` per connection and a `recvmsg` instead of a `recv` per read.
     pub fn stamp_receives(&mut self) -> io::Result<()> {
         if self.epoll.is_some() {
-            kasagi_shards::ReadSet::stamp_receives(self.stream.borrow().as_raw_fd())?;
+            kasagi_shards::SocketSet::stamp_receives(self.stream.borrow().as_raw_fd())?;
             self.cmsg = Some(nix::cmsg_space!(TimeSpec));
         }
         Ok(())

@@ -17,7 +17,7 @@
 //! timer, so an idle generator sleeps on its own clock instead of being woken by the
 //! server's writes.
 //!
-//! The set and its waiting readers are `kasagi_shards::ReadSet`, the same the server's
+//! The set and its waiting readers are `kasagi_shards::SocketSet`, the same the server's
 //! shards read through; only this poller is the bench's own.
 
 use std::cell::RefCell;
@@ -25,7 +25,7 @@ use std::io;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use kasagi_shards::readset::{ReadSet, NO_EVENT};
+use kasagi_shards::socketset::{SocketSet, NO_EVENT};
 
 /// Events taken per `epoll_wait`.
 const BATCH: usize = 256;
@@ -46,21 +46,21 @@ const BUSY_PAUSE: Duration = Duration::from_micros(2);
 const IDLE_PAUSE: Duration = Duration::from_micros(20);
 
 thread_local! {
-    static REACTOR: RefCell<Option<Rc<ReadSet>>> = const { RefCell::new(None) };
+    static REACTOR: RefCell<Option<Rc<SocketSet>>> = const { RefCell::new(None) };
 }
 
 /// This shard's set, created (and its poller task spawned) on first use.
-pub fn current() -> io::Result<Rc<ReadSet>> {
+pub fn current() -> io::Result<Rc<SocketSet>> {
     if let Some(r) = REACTOR.with(|r| r.borrow().clone()) {
         return Ok(r);
     }
-    let set = Rc::new(ReadSet::new()?);
+    let set = Rc::new(SocketSet::new()?);
     REACTOR.with(|r| *r.borrow_mut() = Some(set.clone()));
     glommio::spawn_local(poll_forever(Rc::downgrade(&set))).detach();
     Ok(set)
 }
 
-async fn poll_forever(reactor: std::rc::Weak<ReadSet>) {
+async fn poll_forever(reactor: std::rc::Weak<SocketSet>) {
     let mut events = vec![NO_EVENT; BATCH];
     let mut slice_start = Instant::now();
     loop {

@@ -10,7 +10,7 @@
 //! - [`cpus`]: parsing `--cpus 0,2-3`, counting and listing usable CPUs.
 //! - [`listener`]: one `SO_REUSEPORT` socket per shard on one port, handed to
 //!   glommio, with `TCP_DEFER_ACCEPT` set.
-//! - [`readset`]: [`ReadSet`], an epoll set of sockets and their waiting readers,
+//! - [`socketset`]: [`SocketSet`], an epoll set of sockets and their waiting readers,
 //!   polled by its owner so that no readable socket interrupts the shard.
 //! - [`mesh`]: [`Mesh`] / [`Inbox`], cross-shard messages that never block the
 //!   sender and keep FIFO order per pair of shards.
@@ -40,14 +40,14 @@ pub mod cpus;
 pub mod hash;
 pub mod listener;
 pub mod mesh;
-pub mod readset;
 pub mod runtime;
+pub mod socketset;
 
 pub use cpus::{allowed_cpus, online_cpus, parse_cpu_list, CpuListError};
 pub use hash::{key_hash, shard_of, ShardId};
 pub use listener::{bind_reuseport, into_listener};
 pub use mesh::{Inbox, Mesh, MeshStats, DEFAULT_CHANNEL_CAPACITY};
-pub use readset::ReadSet;
 pub use runtime::{
     run, RuntimeConfig, RuntimeError, ShardContext, DEFAULT_IO_MEMORY, DEFAULT_RING_DEPTH,
 };
+pub use socketset::SocketSet;

@@ -107,7 +107,7 @@ fn set_defer_accept(socket: &Socket, secs: i32) -> io::Result<()> {
 
 /// `setsockopt` of an `int` option on an open socket `fd`: the crate's one wrapper, for
 /// the options socket2 does not cover (`TCP_DEFER_ACCEPT` here, `SO_TIMESTAMPNS` in
-/// [`crate::ReadSet::stamp_receives`]).
+/// [`crate::SocketSet::stamp_receives`]).
 pub(crate) fn set_int_option(
     fd: RawFd,
     level: libc::c_int,

@@ -16,22 +16,19 @@
 use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_lite::{AsyncWrite, AsyncWriteExt, FutureExt};
-use glommio::net::TcpStream;
+use futures_lite::FutureExt;
 use glommio::timer::Timer;
 use tracing::{debug, info, warn};
 
 use super::auth::Grant;
 use super::metrics::{self, ShardMetrics};
 use super::ratelimit::{TokenBucket, Verdict};
-use super::readiness::{self, Registration};
+use super::readiness::{Listener, Socket};
 use super::shard::{Conn, Shard};
 use crate::protocol::{decode_client, DecodeError, Subprotocol};
 use crate::ws::frame::{encode_frame, Opcode};
@@ -99,26 +96,16 @@ pub enum Mode {
 }
 
 /// Serves one accepted socket to its end.
-pub async fn serve_socket(shard: Rc<Shard>, stream: TcpStream, mode: Mode) {
+pub async fn serve_socket(shard: Rc<Shard>, socket: Socket, mode: Mode) {
     // Everything a connection holds for its life sits in one box; the handshake and the
     // closing linger are boxed futures of their own, so they cost nothing once done.
-    // This keeps an idle connection to its stream, its state and this small future.
-    let mut stream = Box::new(stream);
-    // Reads go through the shard's epoll set (see `readiness`); declared after the stream,
-    // so it leaves the set before the socket closes.
-    let socket = match readiness::current().and_then(|r| r.register(stream.as_raw_fd())) {
-        Ok(socket) => socket,
-        Err(err) => {
-            warn!(cause = %err, shard = shard.id, "cannot watch an accepted socket; closing it");
-            return;
-        }
-    };
+    // This keeps an idle connection to its socket, its state and this small future.
     socket.catch_up().await;
     // getpeername is a syscall per connection: only when the debug lines will be written.
     let peer = tracing::enabled!(tracing::Level::DEBUG)
-        .then(|| stream.peer_addr().ok())
+        .then(|| socket.peer_addr().ok())
         .flatten();
-    let opened = match Box::pin(read_request(&shard, &mut stream, &socket, mode)).await {
+    let opened = match Box::pin(read_request(&shard, &socket, mode)).await {
         Ok(opened) => opened,
         Err(err) => {
             ShardMetrics::add(&shard.metrics().handshake_refusals, 1);
@@ -127,7 +114,7 @@ pub async fn serve_socket(shard: Rc<Shard>, stream: TcpStream, mode: Mode) {
         }
     };
     let Opened::Upgraded { proto, grant, rest } = opened else {
-        let _ = stream.close().await;
+        let _ = socket.shutdown_write();
         return;
     };
     ShardMetrics::add(&shard.metrics().handshakes, 1);
@@ -162,13 +149,13 @@ pub async fn serve_socket(shard: Rc<Shard>, stream: TcpStream, mode: Mode) {
         },
         session,
     });
-    let exit = live.run(&shard, (&mut stream, &socket), &conn).await;
+    let exit = live.run(&shard, &socket, &conn).await;
     drop(live);
     if let Mode::Serve = mode {
         shard.close_conn(&conn);
     }
     if let Exit::CloseSent { answered } = exit {
-        Box::pin(linger(&mut stream, &socket, answered)).await;
+        Box::pin(linger(&socket, answered)).await;
     }
 }
 
@@ -179,12 +166,7 @@ struct Live {
 }
 
 impl Live {
-    async fn run(
-        &mut self,
-        shard: &Shard,
-        (stream, socket): (&mut TcpStream, &Registration),
-        conn: &Rc<Conn>,
-    ) -> Exit {
+    async fn run(&mut self, shard: &Shard, socket: &Socket, conn: &Rc<Conn>) -> Exit {
         let Live { io, session } = self;
         // Bytes that arrived with the request head are frames already.
         if !io.pending.is_empty() {
@@ -192,7 +174,18 @@ impl Live {
             let consumed = io.process(shard, conn, session, &mut data);
             io.pending = data.split_off(consumed);
         }
-        poll_fn(|cx| io.poll(cx, shard, (&mut *stream, socket), conn, session)).await
+        let mut woken = false;
+        poll_fn(|cx| {
+            // Woken, for bytes to write or to read: the first read asks the socket, so an
+            // op that arrived since the last `epoll_wait` is handled in this turn. Reads
+            // after a short one wait for the next edge instead of an `EAGAIN`, and so does
+            // the first read after the handshake, whose request left the socket drained.
+            if std::mem::replace(&mut woken, true) {
+                socket.retry();
+            }
+            io.poll(cx, shard, socket, conn, session)
+        })
+        .await
     }
 }
 
@@ -228,12 +221,14 @@ fn ws_limits(shard: &Shard) -> WsLimits {
 }
 
 /// After our close frame is written: when the client started the close, we close the TCP
-/// stream first (RFC 6455 7.1.1); otherwise we give it a moment to answer with its own.
-async fn linger(stream: &mut TcpStream, socket: &Registration, answered: bool) {
-    let _ = stream.close().await;
+/// stream first (RFC 6455 7.1.1: dropping the socket closes it, with a FIN after what is
+/// queued); otherwise we end our direction and give the client a moment to answer with
+/// its own close.
+async fn linger(socket: &Socket, answered: bool) {
     if answered {
         return;
     }
+    let _ = socket.shutdown_write();
     let deadline = Instant::now() + CLOSE_LINGER;
     let mut sink = [0u8; 512];
     loop {
@@ -252,12 +247,7 @@ async fn linger(stream: &mut TcpStream, socket: &Registration, answered: bool) {
 }
 
 /// Reads the request head within the handshake deadline and answers it.
-async fn read_request(
-    shard: &Shard,
-    stream: &mut TcpStream,
-    socket: &Registration,
-    mode: Mode,
-) -> io::Result<Opened> {
+async fn read_request(shard: &Shard, socket: &Socket, mode: Mode) -> io::Result<Opened> {
     let limits = &shard.config.limits;
     let deadline = Instant::now() + limits.handshake_timeout;
     let head_limits = HandshakeLimits {
@@ -280,7 +270,7 @@ async fn read_request(
             }
         };
         if let Some(outcome) = outcome {
-            stream.write_all(&response).await?;
+            socket.send_all(&response).await?;
             return Ok(match outcome {
                 Route::Answered => Opened::Done,
                 Route::Upgrade {
@@ -413,22 +403,17 @@ impl WsIo {
         &mut self,
         cx: &mut Context<'_>,
         shard: &Shard,
-        (stream, socket): (&mut TcpStream, &Registration),
+        socket: &Socket,
         conn: &Rc<Conn>,
         session: &mut Sessions,
     ) -> Poll<Exit> {
         let metrics = shard.metrics();
-        // Woken, for bytes to write or to read: the first read asks the socket, so an op
-        // that arrived since the last `epoll_wait` is handled in this turn. Reads after a
-        // short one within this call wait for the next edge instead of an `EAGAIN`.
-        socket.retry();
         for _ in 0..READS_PER_POLL {
             // Write whatever is queued.
             {
                 let mut out = conn.out.borrow_mut();
-                let written = out.write_with(Some(&shard.telemetry), |bytes| {
-                    Pin::new(&mut *stream).poll_write(cx, bytes)
-                });
+                let written =
+                    out.write_with(Some(&shard.telemetry), |bytes| socket.poll_send(cx, bytes));
                 match written {
                     Poll::Ready(Ok(n)) => ShardMetrics::add(&metrics.bytes_out, n as u64),
                     Poll::Ready(Err(_)) => return Poll::Ready(Exit::Gone),
@@ -470,7 +455,7 @@ impl WsIo {
         &mut self,
         cx: &mut Context<'_>,
         shard: &Shard,
-        socket: &Registration,
+        socket: &Socket,
         conn: &Rc<Conn>,
         session: &mut Sessions,
     ) -> Poll<io::Result<usize>> {
@@ -625,7 +610,7 @@ impl Session for Echo {
 }
 
 /// Accepts connections until the shard starts draining.
-pub async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener, mode: Mode) {
+pub async fn accept_loop(shard: Rc<Shard>, listener: Listener, mode: Mode) {
     // Accept errors (out of descriptors, mostly) back off from 10 ms to 1 s and are logged
     // once per episode, not once per retry.
     let mut backoff = Duration::ZERO;
@@ -638,13 +623,16 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: glommio::net::TcpListener, 
             .await;
         match accepted {
             None => return,
-            Some(Ok(stream)) => {
+            Some(Ok(socket)) => {
                 if !backoff.is_zero() {
                     info!(shard = shard.id, "accepting again");
                     backoff = Duration::ZERO;
                 }
-                glommio::spawn_local(serve_socket(shard.clone(), stream, mode)).detach();
+                glommio::spawn_local(serve_socket(shard.clone(), socket, mode)).detach();
             }
+            // The client gave up between its handshake and our accept: nothing to back
+            // off from.
+            Some(Err(err)) if err.kind() == io::ErrorKind::ConnectionAborted => {}
             Some(Err(err)) => {
                 if backoff.is_zero() {
                     warn!(cause = %err, shard = shard.id, "accept failed; backing off");

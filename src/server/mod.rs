@@ -27,8 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use glommio::timer::Timer;
-use kasagi_shards::{bind_reuseport, into_listener, RuntimeConfig};
-use tracing::info;
+use kasagi_shards::{bind_reuseport, RuntimeConfig};
+use tracing::{error, info};
 
 pub use conn::Mode;
 use shard::{MeshMsg, Shard};
@@ -104,20 +104,22 @@ pub fn run(
             fleet::start(&shard);
             let handler = shard.clone();
             inbox.spawn(move |from, msg: MeshMsg| handler.handle(from, msg));
-            shard_main(shard, into_listener(socket), mode, stop).await;
+            shard_main(shard, socket, mode, stop).await;
         }
     })
     .map_err(|e| ServeError::Runtime(e.to_string()))?;
     Ok(())
 }
 
-async fn shard_main(
-    shard: Rc<Shard>,
-    listener: glommio::net::TcpListener,
-    mode: Mode,
-    stop: Arc<AtomicBool>,
-) {
-    glommio::spawn_local(conn::accept_loop(shard.clone(), listener, mode)).detach();
+async fn shard_main(shard: Rc<Shard>, socket: socket2::Socket, mode: Mode, stop: Arc<AtomicBool>) {
+    // The shard accepts through its epoll set, like it reads (see `readiness`).
+    match readiness::Listener::new(socket) {
+        Ok(listener) => {
+            glommio::spawn_local(conn::accept_loop(shard.clone(), listener, mode)).detach();
+        }
+        // The shard still owns its share of the rooms for the others' connections.
+        Err(err) => error!(cause = %err, shard = shard.id, "cannot accept on this shard"),
+    }
     let flusher = shard.clone();
     glommio::spawn_local(async move {
         loop {

@@ -1,10 +1,11 @@
-//! [`ReadSet`]: one epoll set of sockets and the task waiting to read each.
+//! [`SocketSet`]: one epoll set of sockets and the tasks waiting to read, write or
+//! accept on each.
 //!
 //! It only holds the set and the wakers: whoever owns it decides when to poll it
-//! ([`ReadSet::wake_ready`]) and how to wait when nothing is ready. The server polls it
+//! ([`SocketSet::wake_ready`]) and how to wait when nothing is ready. The server polls it
 //! in every busy executor turn and parks on it when idle (`src/server/readiness.rs`);
 //! the bench polls it on a short timer (`bench/src/epoll.rs`). Either way a socket
-//! turning readable only links it into the set: no io_uring poll completes, so nothing
+//! turning ready only links it into the set: no io_uring request completes, so nothing
 //! interrupts the thread that owns it.
 //!
 //! Sockets are registered edge-triggered, and the set remembers which sockets a read
@@ -17,6 +18,11 @@
 //! client that sends one stalls its own connection until it sends anything more. Nobody
 //! else waits on it. An edge that reports bytes a read already took costs one `recv` that
 //! finds nothing.
+//!
+//! Writes need no bookkeeping: a writer sends until the kernel says `EAGAIN`, and TCP
+//! raises a write-space edge only for a socket whose send once found its buffer full, so
+//! registering for it (`EPOLLOUT`) adds one event per socket (the first report that it
+//! is writable) and otherwise only the wake-ups of writers that wait.
 
 use std::cell::RefCell;
 use std::io;
@@ -26,45 +32,48 @@ use std::task::{Context, Poll, Waker};
 /// One ready socket as `epoll_wait` reports it.
 pub type Event = libc::epoll_event;
 
-/// An empty [`Event`], to fill buffers for [`ReadSet::wake_ready`] with.
+/// An empty [`Event`], to fill buffers for [`SocketSet::wake_ready`] with.
 pub const NO_EVENT: Event = libc::epoll_event { events: 0, u64: 0 };
 
-/// An epoll set and the task waiting on each of its sockets. Single-threaded.
-pub struct ReadSet {
+/// An epoll set and the tasks waiting on each of its sockets. Single-threaded.
+pub struct SocketSet {
     epfd: OwnedFd,
-    /// Each registered fd's reader, indexed by fd number.
+    /// What the set knows of each registered fd, indexed by fd number.
     slots: RefCell<Vec<Slot>>,
 }
 
 /// What the set knows of one registered fd.
 #[derive(Default)]
 struct Slot {
-    /// The task waiting for the fd to turn ready.
+    /// The task waiting for the fd to turn readable (or, for a listener, to have a
+    /// connection).
     waker: Option<Waker>,
+    /// The task waiting for the fd to take more bytes.
+    writer: Option<Waker>,
     /// The last read found the socket empty, and no edge has arrived since.
     drained: bool,
 }
 
-impl ReadSet {
+impl SocketSet {
     /// An empty set.
     ///
     /// # Errors
     ///
     /// The error of `epoll_create1` (out of descriptors, say).
-    pub fn new() -> io::Result<ReadSet> {
+    pub fn new() -> io::Result<SocketSet> {
         // SAFETY: plain syscall; the result is checked before use.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(ReadSet {
+        Ok(SocketSet {
             // SAFETY: `fd` is a fresh descriptor this function owns.
             epfd: unsafe { OwnedFd::from_raw_fd(fd) },
             slots: RefCell::new(Vec::new()),
         })
     }
 
-    /// Adds `fd` (edge-triggered readable, hang-up included). Call [`Self::deregister`]
+    /// Adds `fd` (edge-triggered, readable and writable, hang-up included). Call [`Self::deregister`]
     /// or [`Self::forget`] before `fd` closes: fd numbers are reused.
     ///
     /// # Errors
@@ -80,7 +89,7 @@ impl ReadSet {
             slots[i] = Slot::default();
         }
         let mut event = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
             u64: fd as u64,
         };
         // SAFETY: `event` outlives the call; both fds are open.
@@ -168,7 +177,7 @@ impl ReadSet {
     ) -> Poll<io::Result<T>> {
         if let Some(slot) = self.slots.borrow_mut().get_mut(fd as usize) {
             if slot.drained {
-                slot.wait(cx);
+                slot.wait_read(cx);
                 return Poll::Pending;
             }
         }
@@ -186,13 +195,71 @@ impl ReadSet {
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                     if let Some(slot) = self.slots.borrow_mut().get_mut(fd as usize) {
                         slot.drained = true;
-                        slot.wait(cx);
+                        slot.wait_read(cx);
                     }
                     return Poll::Pending;
                 }
                 Err(err) => return Poll::Ready(Err(err)),
             }
         }
+    }
+
+    /// Sends what `fd` takes of `bytes` now, or waits (until [`Self::wake_ready`] sees
+    /// room) when its send buffer is full. `MSG_NOSIGNAL`: a peer that went away is an
+    /// `EPIPE` error, not a signal.
+    pub fn poll_send(&self, fd: RawFd, cx: &Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
+        loop {
+            // SAFETY: `bytes` is valid for `bytes.len()` bytes for the call.
+            let n = unsafe {
+                libc::send(
+                    fd,
+                    bytes.as_ptr().cast(),
+                    bytes.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n >= 0 {
+                return Poll::Ready(Ok(n as usize));
+            }
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => {
+                    if let Some(slot) = self.slots.borrow_mut().get_mut(fd as usize) {
+                        keep_waker(&mut slot.writer, cx);
+                    }
+                    return Poll::Pending;
+                }
+                _ => return Poll::Ready(Err(err)),
+            }
+        }
+    }
+
+    /// Accepts a connection on `fd`, a registered non-blocking listener, or waits (until
+    /// [`Self::wake_ready`] sees one arrive). The new socket is non-blocking and
+    /// close-on-exec; `accept4` copies the listener's `TCP_NODELAY` to it.
+    pub fn poll_accept(&self, fd: RawFd, cx: &Context<'_>) -> Poll<io::Result<OwnedFd>> {
+        self.poll_read_with(
+            fd,
+            cx,
+            |_| false,
+            || {
+                // SAFETY: a null address asks for no peer address; the result is checked.
+                let new = unsafe {
+                    libc::accept4(
+                        fd,
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                        libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                    )
+                };
+                if new < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // SAFETY: `new` is a descriptor `accept4` just created for us alone.
+                Ok(unsafe { OwnedFd::from_raw_fd(new) })
+            },
+        )
     }
 
     /// Has the kernel stamp what `fd` receives with its arrival time (`SO_TIMESTAMPNS`),
@@ -228,11 +295,24 @@ impl ReadSet {
         if n <= 0 {
             return 0;
         }
+        const READABLE: u32 =
+            (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+        const WRITABLE: u32 = (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32;
         let mut slots = self.slots.borrow_mut();
         for e in &events[..n as usize] {
-            if let Some(slot) = slots.get_mut(e.u64 as usize) {
+            let Some(slot) = slots.get_mut(e.u64 as usize) else {
+                continue;
+            };
+            // Every report carries the socket's whole state: a byte's edge says
+            // `EPOLLOUT` too while there is room, which wakes only a writer that waits.
+            if e.events & READABLE != 0 {
                 slot.drained = false;
                 if let Some(w) = slot.waker.take() {
+                    w.wake();
+                }
+            }
+            if e.events & WRITABLE != 0 {
+                if let Some(w) = slot.writer.take() {
                     w.wake();
                 }
             }
@@ -242,18 +322,23 @@ impl ReadSet {
 }
 
 impl Slot {
-    /// Has `cx`'s task woken when the fd turns ready.
-    fn wait(&mut self, cx: &Context<'_>) {
-        match &self.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => self.waker = Some(cx.waker().clone()),
-        }
+    /// Has `cx`'s task woken when the fd turns readable.
+    fn wait_read(&mut self, cx: &Context<'_>) {
+        keep_waker(&mut self.waker, cx);
+    }
+}
+
+/// Keeps `cx`'s waker in `slot`, cloning it only when the slot holds another.
+fn keep_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(w) if w.will_wake(cx.waker()) => {}
+        _ => *slot = Some(cx.waker().clone()),
     }
 }
 
 /// The epoll descriptor: readable while the set has a ready socket, so an owner can
 /// wait on the whole set with one poll of it.
-impl AsFd for ReadSet {
+impl AsFd for SocketSet {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.epfd.as_fd()
     }
@@ -262,7 +347,7 @@ impl AsFd for ReadSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
+    use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
@@ -278,7 +363,7 @@ mod tests {
 
     #[test]
     fn a_reader_waits_until_its_socket_is_ready_and_is_woken_once() {
-        let set = ReadSet::new().unwrap();
+        let set = SocketSet::new().unwrap();
         let (ours, mut theirs) = UnixStream::pair().unwrap();
         let fd = ours.as_raw_fd();
         set.register(fd).unwrap();
@@ -289,8 +374,11 @@ mod tests {
         let mut events = [NO_EVENT; 4];
 
         assert!(set.poll_recv(fd, &cx, &mut buf).is_pending());
-        assert_eq!(set.wake_ready(&mut events), 0);
+        // A new socket is reported once, as writable: that wakes no reader.
+        assert_eq!(set.wake_ready(&mut events), 1);
+        assert_eq!(events[0].events & libc::EPOLLIN as u32, 0);
         assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        assert_eq!(set.wake_ready(&mut events), 0);
 
         theirs.write_all(b"hi").unwrap();
         assert_eq!(set.wake_ready(&mut events), 1);
@@ -313,7 +401,7 @@ mod tests {
 
     #[test]
     fn a_short_read_waits_for_the_next_edge_and_a_full_one_reads_on() {
-        let set = ReadSet::new().unwrap();
+        let set = SocketSet::new().unwrap();
         let (ours, mut theirs) = UnixStream::pair().unwrap();
         let fd = ours.as_raw_fd();
         set.register(fd).unwrap();
@@ -352,5 +440,70 @@ mod tests {
             set.poll_recv(fd, &cx, &mut buf),
             Poll::Ready(Ok(0))
         ));
+    }
+
+    #[test]
+    fn an_acceptor_waits_for_a_connection_and_gets_a_non_blocking_socket() {
+        let set = SocketSet::new().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let fd = listener.as_raw_fd();
+        set.register(fd).unwrap();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let cx = Context::from_waker(&waker);
+        let mut events = [NO_EVENT; 4];
+
+        assert!(set.poll_accept(fd, &cx).is_pending());
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        assert_eq!(set.wake_ready(&mut events), 1);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        let Poll::Ready(Ok(accepted)) = set.poll_accept(fd, &cx) else {
+            panic!("the connection was not accepted");
+        };
+        // SAFETY: reading the flags of a descriptor we own.
+        let flags = unsafe { libc::fcntl(accepted.as_raw_fd(), libc::F_GETFL) };
+        assert_ne!(flags & libc::O_NONBLOCK, 0, "the accepted socket blocks");
+        assert!(set.poll_accept(fd, &cx).is_pending());
+    }
+
+    #[test]
+    fn a_writer_waits_for_room_and_is_woken_when_the_peer_reads() {
+        let set = SocketSet::new().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (ours, _) = listener.accept().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let fd = ours.as_raw_fd();
+        set.register(fd).unwrap();
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let cx = Context::from_waker(&waker);
+        let mut events = [NO_EVENT; 4];
+        // The first report of a new socket says it is writable; nobody waits yet.
+        set.wake_ready(&mut events);
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+
+        let chunk = vec![7u8; 64 * 1024];
+        let mut sent = 0usize;
+        loop {
+            match set.poll_send(fd, &cx, &chunk) {
+                Poll::Ready(Ok(n)) => sent += n,
+                Poll::Pending => break,
+                Poll::Ready(Err(err)) => panic!("send failed: {err}"),
+            }
+            assert!(sent < 1 << 30, "the send buffer never filled");
+        }
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        let mut sink = vec![0u8; sent];
+        peer.read_exact(&mut sink).unwrap();
+        assert!(sink.iter().all(|&b| b == 7));
+        assert!(set.wake_ready(&mut events) >= 1);
+        assert_eq!(
+            count.0.load(Ordering::SeqCst),
+            1,
+            "the writer was not woken"
+        );
+        assert!(matches!(set.poll_send(fd, &cx, &chunk), Poll::Ready(Ok(n)) if n > 0));
     }
 }
