@@ -1,22 +1,28 @@
 //! One WebSocket client connection on a glommio executor: connect, upgrade, then a
 //! [`WsReader`] and a [`WsWriter`] that share the socket.
 //!
-//! The two halves share the `TcpStream` through an `Rc<RefCell<_>>` borrowed only inside a
-//! single `poll_*` call, never across an `.await`, so a receiver task and a sender task of
-//! one connection never conflict (glommio keeps separate read and write sources).
+//! The two halves share the [`Socket`] through an `Rc`. With epoll readiness (the
+//! default) glommio only connects it: the socket then leaves glommio before glommio's
+//! first read poll on it reaches the kernel, and both halves go through the shard's
+//! epoll set, so the server's first write to it does not pay for an io_uring completion
+//! that interrupts the generator. With uring readiness both halves use glommio's stream,
+//! borrowed only inside a single `poll_*` call, never across an `.await`, so a receiver
+//! task and a sender task of one connection never conflict (glommio keeps separate read
+//! and write sources).
 
 use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
+use kasagi_shards::SocketSet;
 use thiserror::Error;
 
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
@@ -99,9 +105,12 @@ async fn connect_untimed(target: &Target, nonce: u64) -> Result<(WsReader, WsWri
     stream
         .set_nodelay(true)
         .map_err(|e| ConnError::Glommio(e.to_string()))?;
-    let stream = Rc::new(RefCell::new(stream));
+    let socket = Rc::new(match target.readiness {
+        Readiness::Epoll => Socket::leave_glommio(stream)?,
+        Readiness::Uring => Socket::Glommio(RefCell::new(stream)),
+    });
     let mut writer = WsWriter {
-        stream: stream.clone(),
+        socket: socket.clone(),
         keys: MaskKeys::new(nonce ^ 0xA5A5_5A5A_1234_8765),
         out: Vec::with_capacity(256),
     };
@@ -114,10 +123,7 @@ async fn connect_untimed(target: &Target, nonce: u64) -> Result<(WsReader, WsWri
         nonce,
     );
     writer.write_raw(&request).await?;
-    let mut reader = WsReader::new(stream, target.proto);
-    if target.readiness == Readiness::Epoll {
-        reader.watch()?;
-    }
+    let mut reader = WsReader::new(socket, target.proto);
     loop {
         if let Some(len) = wsclient::read_upgrade_response(reader.filled(), &upgrade)? {
             reader.start += len;
@@ -128,9 +134,53 @@ async fn connect_untimed(target: &Target, nonce: u64) -> Result<(WsReader, WsWri
     Ok((reader, writer))
 }
 
+/// A connection's socket, shared by its two halves.
+enum Socket {
+    /// Read and written through glommio (uring readiness).
+    Glommio(RefCell<TcpStream>),
+    /// Read and written directly, waiting on the shard's epoll set.
+    Epoll { fd: OwnedFd, set: Rc<SocketSet> },
+}
+
+impl Socket {
+    /// Takes a freshly connected stream away from glommio: a duplicate of its descriptor
+    /// goes into the shard's epoll set and the stream is dropped. glommio queued a read
+    /// poll when it made the stream, but only submits it at its next reactor turn, so
+    /// dropping the stream now withdraws it before the kernel sees it. Two syscalls (the
+    /// `dup` and the original's `close`) against an io_uring completion per connection.
+    fn leave_glommio(stream: TcpStream) -> io::Result<Socket> {
+        // SAFETY: the descriptor is open for as long as `stream` lives, past this call.
+        let fd = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned()?;
+        drop(stream);
+        let set = epoll::current()?;
+        set.register(fd.as_raw_fd())?;
+        Ok(Socket::Epoll { fd, set })
+    }
+
+    fn poll_send(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        bytes: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        match self {
+            Socket::Glommio(stream) => Pin::new(&mut *stream.borrow_mut()).poll_write(cx, bytes),
+            Socket::Epoll { fd, set } => set.poll_send(fd.as_raw_fd(), cx, bytes),
+        }
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        if let Socket::Epoll { fd, set } = self {
+            // Closing the descriptor right after takes it out of the set.
+            set.forget(fd.as_raw_fd());
+        }
+    }
+}
+
 /// The receiving half: whole messages, with control frames handled.
 pub struct WsReader {
-    stream: Rc<RefCell<TcpStream>>,
+    socket: Rc<Socket>,
     proto: Proto,
     buf: Vec<u8>,
     start: usize,
@@ -140,21 +190,11 @@ pub struct WsReader {
     fragmented_opcode: Option<u8>,
     /// Bytes of the last message, when it had to be assembled.
     assembled: Vec<u8>,
-    /// The shard's epoll set, with `--readiness epoll` (see [`crate::epoll`]).
-    epoll: Option<Rc<kasagi_shards::SocketSet>>,
     /// Room for the receive timestamp of a `recvmsg`, once [`Self::stamp_receives`]
     /// turned stamps on (epoll readiness only).
     cmsg: Option<Vec<u8>>,
     /// The kernel's receive time of the last bytes read, when it stamps them.
     rx_us: Option<RxStamp>,
-}
-
-impl Drop for WsReader {
-    fn drop(&mut self) {
-        if let Some(reactor) = &self.epoll {
-            reactor.deregister(self.stream.borrow().as_raw_fd());
-        }
-    }
 }
 
 /// A message as the bench sees it: a data payload, or the server's close.
@@ -171,9 +211,9 @@ pub enum Incoming<'a> {
 pub type RxStamp = u64;
 
 impl WsReader {
-    fn new(stream: Rc<RefCell<TcpStream>>, proto: Proto) -> Self {
+    fn new(socket: Rc<Socket>, proto: Proto) -> Self {
         WsReader {
-            stream,
+            socket,
             proto,
             buf: vec![0; 2048],
             start: 0,
@@ -181,18 +221,9 @@ impl WsReader {
             fragments: Vec::new(),
             fragmented_opcode: None,
             assembled: Vec::new(),
-            epoll: None,
             cmsg: None,
             rx_us: None,
         }
-    }
-
-    /// Moves this connection's read readiness to the shard's epoll set.
-    fn watch(&mut self) -> io::Result<()> {
-        let reactor = epoll::current()?;
-        reactor.register(self.stream.borrow().as_raw_fd())?;
-        self.epoll = Some(reactor);
-        Ok(())
     }
 
     /// Has the kernel stamp what this connection receives, so that each [`Incoming::Data`]
@@ -200,8 +231,8 @@ impl WsReader {
     /// reads take no ancillary data); a no-op otherwise. It costs the generator a
     /// `setsockopt` per connection and a `recvmsg` instead of a `recv` per read.
     pub fn stamp_receives(&mut self) -> io::Result<()> {
-        if self.epoll.is_some() {
-            kasagi_shards::SocketSet::stamp_receives(self.stream.borrow().as_raw_fd())?;
+        if let Socket::Epoll { fd, .. } = &*self.socket {
+            SocketSet::stamp_receives(fd.as_raw_fd())?;
             self.cmsg = Some(nix::cmsg_space!(TimeSpec));
         }
         Ok(())
@@ -232,11 +263,10 @@ impl WsReader {
             }
             self.buf.resize(grown, 0);
         }
-        let stream = &self.stream;
         let buf = &mut self.buf[self.end..];
-        let n = match (&self.epoll, &mut self.cmsg) {
-            (Some(reactor), Some(cmsg)) => {
-                let fd = stream.borrow().as_raw_fd();
+        let n = match (&*self.socket, &mut self.cmsg) {
+            (Socket::Epoll { fd, set: reactor }, Some(cmsg)) => {
+                let fd = fd.as_raw_fd();
                 let want = buf.len();
                 let short = |&(n, _): &(usize, _)| n > 0 && n < want;
                 let (n, stamp) = poll_fn(|cx| {
@@ -248,11 +278,11 @@ impl WsReader {
                 }
                 n
             }
-            (Some(reactor), None) => {
-                let fd = stream.borrow().as_raw_fd();
+            (Socket::Epoll { fd, set: reactor }, None) => {
+                let fd = fd.as_raw_fd();
                 poll_fn(|cx| reactor.poll_recv(fd, cx, buf)).await?
             }
-            (None, _) => {
+            (Socket::Glommio(stream), _) => {
                 poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_read(cx, buf)).await?
             }
         };
@@ -336,7 +366,7 @@ fn recv_stamped(
 
 /// The sending half: each message goes out as one masked frame.
 pub struct WsWriter {
-    stream: Rc<RefCell<TcpStream>>,
+    socket: Rc<Socket>,
     keys: MaskKeys,
     out: Vec<u8>,
 }
@@ -375,9 +405,9 @@ impl WsWriter {
     }
 
     async fn write_raw(&mut self, mut bytes: &[u8]) -> Result<(), ConnError> {
-        let stream = &self.stream;
+        let socket = &self.socket;
         while !bytes.is_empty() {
-            let n = poll_fn(|cx| Pin::new(&mut *stream.borrow_mut()).poll_write(cx, bytes)).await?;
+            let n = poll_fn(|cx| socket.poll_send(cx, bytes)).await?;
             if n == 0 {
                 return Err(ConnError::Eof);
             }
