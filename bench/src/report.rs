@@ -184,6 +184,12 @@ impl Report {
         self.warnings.extend(warnings);
     }
 
+    /// The server's CPU time in the measured window, when the bench started the server.
+    pub fn server_cpu_seconds(&self) -> Option<f64> {
+        let s = self.usage.server.as_ref()?;
+        Some((s.after.cpu_seconds - s.before.cpu_seconds).max(0.0))
+    }
+
     pub fn ok(&self) -> bool {
         self.failures.is_empty()
     }

@@ -1,6 +1,6 @@
-//! Smoke test: the bench's `fanout` (on both readiness sources) and `ack` scenarios
-//! against the real server binary, for about a second each, must finish with correctness
-//! OK and a JSON line; `telemetry-cost` and `jitter` run without a server.
+//! Smoke test: the bench's `fanout` (on both readiness sources), `ack` and `join-storm`
+//! scenarios against the real server binary, for about a second each, must finish with
+//! correctness OK and a JSON line; `telemetry-cost` and `jitter` run without a server.
 //!
 //! The server binary is `KASAGI_BIN` when set, otherwise `<workspace>/target/debug/kasagi`
 //! (the workspace build makes it before tests run; `CARGO_TARGET_DIR` is honoured).
@@ -136,6 +136,27 @@ fn ack_json_measures_the_echo_too() {
     assert!(report["metrics"]["ack_p99_over_echo_p99"]
         .as_f64()
         .is_some());
+}
+
+/// `join-storm` completes connections with the server's help and says what each cost
+/// the server, which makes the server's own capacity readable when the generator limits
+/// the rate.
+#[test]
+fn join_storm_reports_the_server_cpu_per_connection() {
+    let report = run_bench(&["join-storm", "--rooms", "4", "--concurrency", "4"]);
+    assert_eq!(report["ok"], true);
+    let joins = report["counters"]["joins"].as_u64().expect("joins");
+    assert!(joins > 0, "no connection completed: {report}");
+    let metric = |k: &str| {
+        report["metrics"][k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k} in {report}"))
+    };
+    let per_join = metric("server_cpu_us_per_join");
+    let per_cpu_s = metric("joins_per_server_cpu_s");
+    assert!(per_join > 0.0);
+    // The two are one figure read two ways.
+    assert!((per_join * per_cpu_s / 1e6 - 1.0).abs() < 1e-6, "{report}");
 }
 
 /// `telemetry-cost` needs no server: it times the server's recorder and reports each cost

@@ -92,6 +92,21 @@ pub fn join_storm_main(common: &Common, args: &JoinStormArgs) -> Result<Report> 
         "... per server core",
     );
     report.finish_usage(0);
+    // The generator, which pays for TCP on both ends of loopback as much as the server,
+    // is usually the limit here: what the server spent per connection says how many it
+    // could take on a core of its own.
+    if let Some(cpu) = report.server_cpu_seconds().filter(|&c| c > 0.0 && done > 0) {
+        report.metric(
+            "server_cpu_us_per_join",
+            cpu * 1e6 / done as f64,
+            "server CPU per connection (us)",
+        );
+        report.metric(
+            "joins_per_server_cpu_s",
+            done as f64 / cpu,
+            "... so per second of one server core",
+        );
+    }
     env.finish(report, common)
 }
 
