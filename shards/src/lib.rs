@@ -8,10 +8,11 @@
 //!
 //! - [`hash`]: [`shard_of`], the stable key -> shard function (FNV-1a + fmix64).
 //! - [`cpus`]: parsing `--cpus 0,2-3`, counting and listing usable CPUs.
-//! - [`listener`]: one `SO_REUSEPORT` socket per shard on one port, handed to
-//!   glommio, with `TCP_DEFER_ACCEPT` set.
-//! - [`socketset`]: [`SocketSet`], an epoll set of sockets and their waiting readers,
-//!   polled by its owner so that no readable socket interrupts the shard.
+//! - [`listener`]: one `SO_REUSEPORT` socket per shard on one port, with
+//!   `TCP_DEFER_ACCEPT` set, for glommio or a [`SocketSet`].
+//! - [`socketset`]: [`SocketSet`], an epoll set of sockets and the tasks waiting to
+//!   read, write or accept on them, polled by its owner so that no ready socket
+//!   interrupts the shard.
 //! - [`mesh`]: [`Mesh`] / [`Inbox`], cross-shard messages that never block the
 //!   sender and keep FIFO order per pair of shards.
 //! - [`runtime`]: [`run`], which starts the shards and joins them.

@@ -8,7 +8,10 @@
 //! port that every shard shares and that `main` can print.
 //!
 //! The hand-over to glommio ([`into_listener`]) and `setsockopt` for the options
-//! socket2 does not wrap (`set_int_option`) are this module's only `unsafe`.
+//! socket2 does not wrap (`set_int_option`) are this module's only `unsafe`. The Kasagi
+//! server does not hand its listeners to glommio: it makes them non-blocking and accepts
+//! through its shard's epoll set ([`crate::SocketSet::poll_accept`]), which no incoming
+//! connection can interrupt.
 //!
 //! # Blocking mode
 //!

@@ -4,7 +4,8 @@
 //! - `owner.rs`: the owner side of rooms: apply, flush, fan-out, acks, snapshots.
 //! - `conn.rs`: one socket: HTTP request, upgrade, the WebSocket loop; the echo mode.
 //! - `outbound.rs`: a connection's bounded outbound queue.
-//! - `readiness.rs`: the shard's epoll set that tells connections when to read.
+//! - `readiness.rs`: the shard's sockets (listener and connections), accepted, read and
+//!   written through the shard's epoll set.
 //! - `encode.rs`: server messages to shared, ready-to-write frames.
 //! - `fleet/`: several instances behind Redis: leases, the log, relays (off without `--redis`).
 //! - `ratelimit.rs`, `auth.rs`, `metrics.rs`: the token bucket, JWT grants, counters.
