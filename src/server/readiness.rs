@@ -251,6 +251,7 @@ async fn poll_forever(readiness: Weak<Readiness>) {
     let mut events = vec![NO_EVENT; BATCH];
     let mut suspect = 0u32;
     let mut reads_seen = 0u64;
+    let mut park_failing = false;
     loop {
         let Some(r) = readiness.upgrade() else { return };
         let ready = r.set.wake_ready(&mut events);
@@ -296,11 +297,20 @@ async fn poll_forever(readiness: Weak<Readiness>) {
                     }
                 }
             }
+            // Parking needs a descriptor (the duplicate), and a process out of them (a
+            // connection flood against `RLIMIT_NOFILE`) fails here for as long as that
+            // lasts: sleep on the timer meanwhile, and park again once it is over.
             Err(err) => {
-                warn!(cause = %err, "cannot park on the epoll set; polling it on a timer instead");
-                r.parking_works.set(false);
+                if !park_failing {
+                    warn!(cause = %err, "cannot park on the epoll set for now; polling it on a timer meanwhile");
+                    park_failing = true;
+                }
+                drop(r);
+                glommio::timer::sleep(FALLBACK_PAUSE).await;
+                continue;
             }
         }
+        park_failing = false;
         drop(r);
         futures_lite::future::yield_now().await;
     }
