@@ -89,6 +89,7 @@ impl Report {
     /// Adds the resource-derived lines: server CPU per million deliveries, bottleneck
     /// warnings. `deliveries` is what the window delivered (0 when not meaningful).
     pub fn finish_usage(&mut self, deliveries: u64) {
+        let server_cpu = self.server_cpu_seconds();
         let u = &self.usage;
         let window = u.window_seconds.max(1e-9);
         let bench_share = u.bench_cpu_seconds / window / u.bench_cores.max(1) as f64;
@@ -130,8 +131,7 @@ impl Report {
         if others > 0.15 {
             warnings.push(format!("other work used {:.0}% of the bench's cores during the window: latency is unreliable", others * 100.0));
         }
-        if let (Some(s), Some(busy)) = (&u.server, u.server_cpus_busy) {
-            let cpu = (s.after.cpu_seconds - s.before.cpu_seconds).max(0.0);
+        if let (Some(s), Some(cpu), Some(busy)) = (&u.server, server_cpu, u.server_cpus_busy) {
             let others = (busy - cpu).max(0.0) / window / s.cores.max(1) as f64;
             metrics.push((
                 "server_cores_other_load".to_owned(),
@@ -142,8 +142,7 @@ impl Report {
                 warnings.push(format!("other work used {:.0}% of the server's cores during the window: latency and throughput are unreliable", others * 100.0));
             }
         }
-        if let Some(s) = &u.server {
-            let cpu = (s.after.cpu_seconds - s.before.cpu_seconds).max(0.0);
+        if let (Some(s), Some(cpu)) = (&u.server, server_cpu) {
             let share = cpu / window / s.cores.max(1) as f64;
             metrics.push((
                 "server_cpu_seconds".into(),

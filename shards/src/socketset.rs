@@ -361,14 +361,25 @@ mod tests {
         }
     }
 
+    impl Count {
+        /// A waker that counts its wake-ups, and the count.
+        fn waker() -> (Arc<Count>, Waker) {
+            let count = Arc::new(Count(AtomicUsize::new(0)));
+            (count.clone(), Waker::from(count))
+        }
+
+        fn get(&self) -> usize {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
     #[test]
     fn a_reader_waits_until_its_socket_is_ready_and_is_woken_once() {
         let set = SocketSet::new().unwrap();
         let (ours, mut theirs) = UnixStream::pair().unwrap();
         let fd = ours.as_raw_fd();
         set.register(fd).unwrap();
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (count, waker) = Count::waker();
         let cx = Context::from_waker(&waker);
         let mut buf = [0u8; 8];
         let mut events = [NO_EVENT; 4];
@@ -377,12 +388,12 @@ mod tests {
         // A new socket is reported once, as writable: that wakes no reader.
         assert_eq!(set.wake_ready(&mut events), 1);
         assert_eq!(events[0].events & libc::EPOLLIN as u32, 0);
-        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        assert_eq!(count.get(), 0);
         assert_eq!(set.wake_ready(&mut events), 0);
 
         theirs.write_all(b"hi").unwrap();
         assert_eq!(set.wake_ready(&mut events), 1);
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.get(), 1);
         match set.poll_recv(fd, &cx, &mut buf) {
             Poll::Ready(Ok(n)) => assert_eq!(&buf[..n], b"hi"),
             other => panic!("expected the bytes, got {other:?}"),
@@ -405,8 +416,7 @@ mod tests {
         let (ours, mut theirs) = UnixStream::pair().unwrap();
         let fd = ours.as_raw_fd();
         set.register(fd).unwrap();
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (count, waker) = Count::waker();
         let cx = Context::from_waker(&waker);
         let mut events = [NO_EVENT; 4];
         let mut buf = [0u8; 4];
@@ -425,9 +435,9 @@ mod tests {
         // socket, so bytes written now stay there until `wake_ready` reports them.
         theirs.write_all(b"gh").unwrap();
         assert!(set.poll_recv(fd, &cx, &mut buf).is_pending());
-        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        assert_eq!(count.get(), 0);
         assert_eq!(set.wake_ready(&mut events), 1);
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.get(), 1);
         match set.poll_recv(fd, &cx, &mut buf) {
             Poll::Ready(Ok(n)) => assert_eq!(&buf[..n], b"gh"),
             other => panic!("expected the new bytes, got {other:?}"),
@@ -449,15 +459,14 @@ mod tests {
         listener.set_nonblocking(true).unwrap();
         let fd = listener.as_raw_fd();
         set.register(fd).unwrap();
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (count, waker) = Count::waker();
         let cx = Context::from_waker(&waker);
         let mut events = [NO_EVENT; 4];
 
         assert!(set.poll_accept(fd, &cx).is_pending());
         let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         assert_eq!(set.wake_ready(&mut events), 1);
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.get(), 1);
         let Poll::Ready(Ok(accepted)) = set.poll_accept(fd, &cx) else {
             panic!("the connection was not accepted");
         };
@@ -476,13 +485,12 @@ mod tests {
         ours.set_nonblocking(true).unwrap();
         let fd = ours.as_raw_fd();
         set.register(fd).unwrap();
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (count, waker) = Count::waker();
         let cx = Context::from_waker(&waker);
         let mut events = [NO_EVENT; 4];
         // The first report of a new socket says it is writable; nobody waits yet.
         set.wake_ready(&mut events);
-        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        assert_eq!(count.get(), 0);
 
         let chunk = vec![7u8; 64 * 1024];
         let mut sent = 0usize;
@@ -494,16 +502,12 @@ mod tests {
             }
             assert!(sent < 1 << 30, "the send buffer never filled");
         }
-        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        assert_eq!(count.get(), 0);
         let mut sink = vec![0u8; sent];
         peer.read_exact(&mut sink).unwrap();
         assert!(sink.iter().all(|&b| b == 7));
         assert!(set.wake_ready(&mut events) >= 1);
-        assert_eq!(
-            count.0.load(Ordering::SeqCst),
-            1,
-            "the writer was not woken"
-        );
+        assert_eq!(count.get(), 1, "the writer was not woken");
         assert!(matches!(set.poll_send(fd, &cx, &chunk), Poll::Ready(Ok(n)) if n > 0));
     }
 }
