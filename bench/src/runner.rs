@@ -45,8 +45,12 @@ pub fn now_us() -> u64 {
     clock_base().elapsed().as_micros() as u64
 }
 
-/// Sleeps on the current glommio executor until `at_us` on the bench clock.
+/// Sleeps until `at_us` on the bench clock: through the shard's epoll poller when it has
+/// one (`epoll::sleep_until`), else on a glommio timer.
 pub async fn sleep_until(at_us: u64) {
+    if let Some(sleep) = crate::epoll::sleep_until(at_us) {
+        return sleep.await;
+    }
     let now = now_us();
     if at_us > now {
         glommio::timer::sleep(Duration::from_micros(at_us - now)).await;
