@@ -172,5 +172,9 @@ if same and cross:
     print(f"cross-shard CPU per delivery: {cross / same:.2f}x same-shard (target <= 1.10x)")
 PY
 fi
+if [ "$preset" = all ]; then
+    # Medians over several runs: scripts/targets.py DIR1 DIR2 DIR3
+    python3 scripts/targets.py "$out" || true
+fi
 echo "results: $out"
 exit $status
