@@ -41,6 +41,13 @@ pub enum ServerMessage<'a> {
         epoch: u64,
         ops: &'a [DeltaOp],
     },
+    /// A [`ServerMessage::Delta`] written straight from the room's state: the same bytes.
+    DeltaOfState {
+        room: &'a str,
+        tick: u64,
+        epoch: u64,
+        ops: &'a [DeltaOp<&'a Value>],
+    },
     Presence {
         room: &'a str,
         joined: &'a [String],
@@ -129,15 +136,13 @@ impl Serialize for ServerMessage<'_> {
                 tick,
                 epoch,
                 ops,
-            } => {
-                let mut map = serializer.serialize_map(Some(5))?;
-                map.serialize_entry("t", "delta")?;
-                map.serialize_entry("room", room)?;
-                map.serialize_entry("tick", &tick)?;
-                map.serialize_entry("epoch", &epoch)?;
-                map.serialize_entry("ops", ops)?;
-                map.end()
-            }
+            } => serialize_delta(serializer, room, tick, epoch, ops),
+            ServerMessage::DeltaOfState {
+                room,
+                tick,
+                epoch,
+                ops,
+            } => serialize_delta(serializer, room, tick, epoch, ops),
             ServerMessage::Presence { room, joined, left } => {
                 let mut map = serializer.serialize_map(Some(4))?;
                 map.serialize_entry("t", "presence")?;
@@ -199,6 +204,23 @@ impl Serialize for ServerMessage<'_> {
             }
         }
     }
+}
+
+/// The map of a `delta`, for owned or borrowed ops alike.
+fn serialize_delta<S: Serializer, O: Serialize>(
+    serializer: S,
+    room: &str,
+    tick: u64,
+    epoch: u64,
+    ops: &[O],
+) -> Result<S::Ok, S::Error> {
+    let mut map = serializer.serialize_map(Some(5))?;
+    map.serialize_entry("t", "delta")?;
+    map.serialize_entry("room", room)?;
+    map.serialize_entry("tick", &tick)?;
+    map.serialize_entry("epoch", &epoch)?;
+    map.serialize_entry("ops", ops)?;
+    map.end()
 }
 
 impl Serialize for ClientMessage {

@@ -67,12 +67,24 @@ pub enum Op {
     Push(Path, Value),
 }
 
-/// A state-based op of a delta: what every member applies to its copy.
+/// A state-based op of a delta: what every member applies to its copy. `V` is `&Value`
+/// for a delta encoded straight from the room's state, without copying its values.
 #[derive(Debug, Clone, PartialEq)]
-pub enum DeltaOp {
-    Set(Path, Value),
+pub enum DeltaOp<V = Value> {
+    Set(Path, V),
     Del(Path),
-    Push(Path, Value),
+    Push(Path, V),
+}
+
+impl DeltaOp<&Value> {
+    /// The op with its own copy of the value.
+    pub fn into_owned(self) -> DeltaOp {
+        match self {
+            DeltaOp::Set(path, value) => DeltaOp::Set(path, value.clone()),
+            DeltaOp::Del(path) => DeltaOp::Del(path),
+            DeltaOp::Push(path, value) => DeltaOp::Push(path, value.clone()),
+        }
+    }
 }
 
 /// The error codes of `PROTOCOL.md`.
@@ -123,11 +135,11 @@ impl Serialize for PathSeg {
 }
 
 /// Writes `[name, path]` or `[name, path, value]`.
-fn serialize_op<S: Serializer>(
+fn serialize_op<S: Serializer, V: Serialize>(
     serializer: S,
     name: &str,
     path: &Path,
-    value: Option<&Value>,
+    value: Option<&V>,
 ) -> Result<S::Ok, S::Error> {
     let mut seq = serializer.serialize_seq(Some(2 + usize::from(value.is_some())))?;
     seq.serialize_element(name)?;
@@ -142,18 +154,18 @@ impl Serialize for Op {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
             Op::Set(path, value) => serialize_op(serializer, "set", path, Some(value)),
-            Op::Del(path) => serialize_op(serializer, "del", path, None),
+            Op::Del(path) => serialize_op::<_, Value>(serializer, "del", path, None),
             Op::Inc(path, amount) => serialize_op(serializer, "inc", path, Some(amount)),
             Op::Push(path, value) => serialize_op(serializer, "push", path, Some(value)),
         }
     }
 }
 
-impl Serialize for DeltaOp {
+impl<V: Serialize> Serialize for DeltaOp<V> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
             DeltaOp::Set(path, value) => serialize_op(serializer, "set", path, Some(value)),
-            DeltaOp::Del(path) => serialize_op(serializer, "del", path, None),
+            DeltaOp::Del(path) => serialize_op::<_, Value>(serializer, "del", path, None),
             DeltaOp::Push(path, value) => serialize_op(serializer, "push", path, Some(value)),
         }
     }

@@ -75,10 +75,11 @@ impl Changes {
         }
     }
 
-    /// The ops of one delta that bring a copy at the last flush to `root`, the state now;
-    /// clears the marks. Siblings come in path order; an array's pushes come after its
-    /// other dirty items.
-    pub fn take_ops(&mut self, root: &Value) -> Vec<DeltaOp> {
+    /// The ops of one delta that bring a copy at the last flush to `root`, the state now,
+    /// with their values borrowed from `root` (a delta is encoded without copying what it
+    /// carries); clears the marks. Siblings come in path order; an array's pushes come
+    /// after its other dirty items.
+    pub fn take_ops_of<'v>(&mut self, root: &'v Value) -> Vec<DeltaOp<&'v Value>> {
         let mut ops = Vec::new();
         let mut path = Path::new();
         emit(
@@ -89,19 +90,33 @@ impl Changes {
         );
         ops
     }
+
+    /// [`Changes::take_ops_of`] with owned values.
+    #[cfg(test)]
+    pub fn take_ops(&mut self, root: &Value) -> Vec<DeltaOp> {
+        self.take_ops_of(root)
+            .into_iter()
+            .map(DeltaOp::into_owned)
+            .collect()
+    }
 }
 
-fn emit(node: Node, value: Option<&Value>, path: &mut Path, ops: &mut Vec<DeltaOp>) {
+fn emit<'v>(
+    node: Node,
+    value: Option<&'v Value>,
+    path: &mut Path,
+    ops: &mut Vec<DeltaOp<&'v Value>>,
+) {
     if node.replaced {
         ops.push(match value {
-            Some(value) => DeltaOp::Set(path.clone(), value.clone()),
+            Some(value) => DeltaOp::Set(path.clone(), value),
             None => DeltaOp::Del(path.clone()),
         });
         return;
     }
     // Items from `first_appended` on are new since the last flush: the pushes carry them
     // whole, so marks inside them are skipped.
-    let (appended, first_appended): (&[Value], usize) = match value {
+    let (appended, first_appended): (&'v [Value], usize) = match value {
         Some(Value::Array(items)) => {
             let first = items.len().saturating_sub(node.appended);
             (&items[first..], first)
@@ -120,7 +135,7 @@ fn emit(node: Node, value: Option<&Value>, path: &mut Path, ops: &mut Vec<DeltaO
         path.pop();
     }
     for item in appended {
-        ops.push(DeltaOp::Push(path.clone(), item.clone()));
+        ops.push(DeltaOp::Push(path.clone(), item));
     }
 }
 

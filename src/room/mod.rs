@@ -272,12 +272,37 @@ impl Room {
     /// Turns everything applied since the last flush into one delta with tick `tick() + 1`,
     /// keeps it in the resume ring, and returns it; `None` when nothing changed.
     pub fn flush(&mut self) -> Option<Rc<DeltaRecord>> {
+        self.flush_encoded(|_, _, _, _| [None, None])
+    }
+
+    /// [`Room::flush`] for a caller that encodes the delta at once: `encode` gets the room,
+    /// the new tick, the epoch and the ops with their values borrowed from the state, and
+    /// returns the frames it made (by subprotocol index). With the MessagePack frame made,
+    /// the record keeps no ops (as an older ring entry would), so the values are never
+    /// copied; otherwise it keeps its own copy of the ops.
+    pub fn flush_encoded(
+        &mut self,
+        encode: impl FnOnce(&RoomId, u64, u64, &[DeltaOp<&Value>]) -> [Option<Bytes>; 2],
+    ) -> Option<Rc<DeltaRecord>> {
         if self.changes.is_empty() {
             return None;
         }
-        let ops = self.changes.take_ops(self.tree.root());
-        self.tick += 1;
-        let record = Rc::new(DeltaRecord::new(self.tick, self.epoch, ops));
+        let tick = self.tick + 1;
+        let borrowed = self.changes.take_ops_of(self.tree.root());
+        let [msgpack, json] = encode(&self.id, tick, self.epoch, &borrowed);
+        let ops = if msgpack.is_some() {
+            Vec::new()
+        } else {
+            borrowed.into_iter().map(DeltaOp::into_owned).collect()
+        };
+        self.tick = tick;
+        let record = DeltaRecord::new(tick, self.epoch, ops);
+        for (cell, frame) in record.frames.iter().zip([msgpack, json]) {
+            if let Some(frame) = frame {
+                let _ = cell.set(frame);
+            }
+        }
+        let record = Rc::new(record);
         // The previous delta is out by now: once its MessagePack frame is cached, the ring
         // keeps only the frames (a value tree costs several times its encoding).
         if let Some(last) = self.ring.back_mut().and_then(Rc::get_mut) {

@@ -499,16 +499,27 @@ impl Shard {
         }
         host.dirty = false;
         let now = Instant::now();
-        let tick = match host.room.flush() {
+        let wanted = host.wanted();
+        // Encoded from the state itself, so the delta's values are not copied. MessagePack
+        // always: the resume ring keeps that frame, not the ops.
+        let encoded = host.room.flush_encoded(|room, tick, epoch, ops| {
+            let delta = ServerMessage::DeltaOfState {
+                room: room.as_str(),
+                tick,
+                epoch,
+                ops,
+            };
+            [
+                Some(encode::frame(&delta, Subprotocol::MsgPack)),
+                wanted[Subprotocol::Json.index()].then(|| encode::frame(&delta, Subprotocol::Json)),
+            ]
+        });
+        let tick = match encoded {
             Some(delta) => {
                 let mut frames: Frames = [None, None];
                 for proto in Subprotocol::ALL {
-                    // MessagePack always: the resume ring keeps that frame, not the ops.
-                    if host.per_proto[proto.index()] > 0 || proto == Subprotocol::MsgPack {
-                        let frame = host.delta_frame(&delta, proto);
-                        if host.per_proto[proto.index()] > 0 {
-                            frames[proto.index()] = Some(frame);
-                        }
+                    if wanted[proto.index()] {
+                        frames[proto.index()] = Some(host.delta_frame(&delta, proto));
                     }
                 }
                 ShardMetrics::add(&self.metrics().deltas, 1);
