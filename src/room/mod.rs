@@ -112,8 +112,9 @@ pub enum Applied {
 pub struct DeltaRecord {
     pub tick: u64,
     pub epoch: u64,
-    /// The ops; emptied once the delta is an older ring entry with its MessagePack frame
-    /// cached (the server then derives any other encoding from that frame).
+    /// The ops; empty when the delta was encoded at its flush ([`Room::flush_encoded`]),
+    /// and emptied once the delta is an older ring entry with its MessagePack frame cached
+    /// (the server then derives any other encoding from that frame).
     pub ops: Vec<DeltaOp>,
     /// The encoded and framed delta per subprotocol (0 MessagePack, 1 JSON), filled by the
     /// server on first use so each is encoded once. The room only creates empty cells.

@@ -114,8 +114,9 @@ impl RoomHost {
         self.members.values().map(|m| m.id.clone()).collect()
     }
 
-    /// The framed encoding of a delta for one subprotocol, made once and cached. An older
-    /// ring entry keeps only its MessagePack frame; the JSON one is then transcoded from it.
+    /// The framed encoding of a delta for one subprotocol, made once and cached. A delta
+    /// encoded at its flush, and any older ring entry, keeps only its MessagePack frame (and
+    /// a JSON one if made then); a JSON frame asked for later is transcoded from it.
     pub(super) fn delta_frame(&self, delta: &DeltaRecord, proto: Subprotocol) -> Bytes {
         delta.frames[proto.index()]
             .get_or_init(|| {
