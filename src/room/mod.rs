@@ -116,8 +116,9 @@ pub struct DeltaRecord {
     /// and emptied once the delta is an older ring entry with its MessagePack frame cached
     /// (the server then derives any other encoding from that frame).
     pub ops: Vec<DeltaOp>,
-    /// The encoded and framed delta per subprotocol (0 MessagePack, 1 JSON), filled by the
-    /// server on first use so each is encoded once. The room only creates empty cells.
+    /// The encoded and framed delta per subprotocol (0 MessagePack, 1 JSON), each encoded
+    /// once: by the server's encoder at the flush ([`Room::flush_encoded`]) or on first
+    /// use. The room never encodes.
     pub frames: [OnceCell<Bytes>; 2],
 }
 

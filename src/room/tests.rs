@@ -823,3 +823,44 @@ fn limits_defaults() {
     assert_eq!(limits.max_path_depth, 32);
     assert_eq!(limits.resume_window, 1024);
 }
+
+#[test]
+fn an_encoded_flush_sees_the_ops_a_plain_flush_keeps_and_stores_only_its_frames() {
+    let ops = vec![
+        set(r#"["p","a"]"#, r#"{"x":1,"pad":"abc"}"#),
+        push(r#"["log"]"#, "7"),
+        del(r#"["gone"]"#),
+    ];
+    let state = r#"{"log":[],"gone":true}"#;
+    let mut plain = room(state);
+    assert_eq!(plain.apply(ops.clone()), Ok(Applied::Changed));
+    let kept = plain.flush().expect("a delta");
+
+    let mut encoded = room(state);
+    assert_eq!(encoded.apply(ops), Ok(Applied::Changed));
+    let mut seen = None;
+    let record = encoded
+        .flush_encoded(|room, tick, epoch, ops| {
+            let owned: Vec<DeltaOp> = ops.iter().cloned().map(DeltaOp::into_owned).collect();
+            seen = Some((room.as_str().to_owned(), tick, epoch, owned));
+            [Some(Bytes::from_static(b"mp")), None]
+        })
+        .expect("a delta");
+    assert_eq!(seen, Some(("r".to_owned(), 1, 0, kept.ops.clone())));
+    assert_eq!(record.tick, kept.tick);
+    assert!(record.ops.is_empty(), "the frames stand for the ops");
+    assert_eq!(record.frames[0].get().map(|b| &b[..]), Some(&b"mp"[..]));
+    assert!(record.frames[1].get().is_none());
+    // The ring serves the encoded record to a resume like any other.
+    assert_eq!(ticks(encoded.deltas_since(0, None)), Some(vec![1]));
+
+    // Without a MessagePack frame the record keeps its own ops.
+    assert_eq!(
+        encoded.apply(vec![set(r#"["k"]"#, "2")]),
+        Ok(Applied::Changed)
+    );
+    let record = encoded
+        .flush_encoded(|_, _, _, _| [None, None])
+        .expect("a delta");
+    assert_eq!(record.ops, vec![d_set(r#"["k"]"#, "2")]);
+}
