@@ -373,13 +373,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_reader_waits_until_its_socket_is_ready_and_is_woken_once() {
+    /// A set with `fd` registered, and a waker that counts its wake-ups.
+    fn watching(fd: RawFd) -> (SocketSet, Arc<Count>, Waker) {
         let set = SocketSet::new().unwrap();
-        let (ours, mut theirs) = UnixStream::pair().unwrap();
-        let fd = ours.as_raw_fd();
         set.register(fd).unwrap();
         let (count, waker) = Count::waker();
+        (set, count, waker)
+    }
+
+    #[test]
+    fn a_reader_waits_until_its_socket_is_ready_and_is_woken_once() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let fd = ours.as_raw_fd();
+        let (set, count, waker) = watching(fd);
         let cx = Context::from_waker(&waker);
         let mut buf = [0u8; 8];
         let mut events = [NO_EVENT; 4];
@@ -412,11 +418,9 @@ mod tests {
 
     #[test]
     fn a_short_read_waits_for_the_next_edge_and_a_full_one_reads_on() {
-        let set = SocketSet::new().unwrap();
         let (ours, mut theirs) = UnixStream::pair().unwrap();
         let fd = ours.as_raw_fd();
-        set.register(fd).unwrap();
-        let (count, waker) = Count::waker();
+        let (set, count, waker) = watching(fd);
         let cx = Context::from_waker(&waker);
         let mut events = [NO_EVENT; 4];
         let mut buf = [0u8; 4];
@@ -454,12 +458,10 @@ mod tests {
 
     #[test]
     fn an_acceptor_waits_for_a_connection_and_gets_a_non_blocking_socket() {
-        let set = SocketSet::new().unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let fd = listener.as_raw_fd();
-        set.register(fd).unwrap();
-        let (count, waker) = Count::waker();
+        let (set, count, waker) = watching(fd);
         let cx = Context::from_waker(&waker);
         let mut events = [NO_EVENT; 4];
 
@@ -478,14 +480,12 @@ mod tests {
 
     #[test]
     fn a_writer_waits_for_room_and_is_woken_when_the_peer_reads() {
-        let set = SocketSet::new().unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (ours, _) = listener.accept().unwrap();
         ours.set_nonblocking(true).unwrap();
         let fd = ours.as_raw_fd();
-        set.register(fd).unwrap();
-        let (count, waker) = Count::waker();
+        let (set, count, waker) = watching(fd);
         let cx = Context::from_waker(&waker);
         let mut events = [NO_EVENT; 4];
         // The first report of a new socket says it is writable; nobody waits yet.
