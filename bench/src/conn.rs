@@ -99,16 +99,7 @@ pub async fn connect(target: &Target, nonce: u64) -> Result<(WsReader, WsWriter)
 }
 
 async fn connect_untimed(target: &Target, nonce: u64) -> Result<(WsReader, WsWriter), ConnError> {
-    let stream = TcpStream::connect(target.addr)
-        .await
-        .map_err(|e| ConnError::Glommio(e.to_string()))?;
-    stream
-        .set_nodelay(true)
-        .map_err(|e| ConnError::Glommio(e.to_string()))?;
-    let socket = Rc::new(match target.readiness {
-        Readiness::Epoll => Socket::leave_glommio(stream)?,
-        Readiness::Uring => Socket::Glommio(RefCell::new(stream)),
-    });
+    let socket = Rc::new(Socket::connect(target.addr, target.readiness).await?);
     let mut writer = WsWriter {
         socket: socket.clone(),
         keys: MaskKeys::new(nonce ^ 0xA5A5_5A5A_1234_8765),
@@ -134,8 +125,9 @@ async fn connect_untimed(target: &Target, nonce: u64) -> Result<(WsReader, WsWri
     Ok((reader, writer))
 }
 
-/// A connection's socket, shared by its two halves.
-enum Socket {
+/// A connection's socket: shared by a WebSocket connection's two halves, and the bare
+/// TCP echo's (`ack`), so both go through the same reads and writes.
+pub enum Socket {
     /// Read and written through glommio (uring readiness).
     Glommio(RefCell<TcpStream>),
     /// Read and written directly, waiting on the shard's epoll set.
@@ -143,6 +135,20 @@ enum Socket {
 }
 
 impl Socket {
+    /// Connects to `addr` (`TCP_NODELAY` on) and reads and writes through `readiness`.
+    pub async fn connect(addr: SocketAddr, readiness: Readiness) -> Result<Socket, ConnError> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| ConnError::Glommio(e.to_string()))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| ConnError::Glommio(e.to_string()))?;
+        Ok(match readiness {
+            Readiness::Epoll => Socket::leave_glommio(stream)?,
+            Readiness::Uring => Socket::Glommio(RefCell::new(stream)),
+        })
+    }
+
     /// Takes a freshly connected stream away from glommio: a duplicate of its descriptor
     /// goes into the shard's epoll set and the stream is dropped. glommio queued a read
     /// poll when it made the stream, but only submits it at its next reactor turn, so
@@ -165,6 +171,39 @@ impl Socket {
         match self {
             Socket::Glommio(stream) => Pin::new(&mut *stream.borrow_mut()).poll_write(cx, bytes),
             Socket::Epoll { fd, set } => set.poll_send(fd.as_raw_fd(), cx, bytes),
+        }
+    }
+
+    /// Writes all of `bytes`.
+    pub async fn send_all(&self, mut bytes: &[u8]) -> Result<(), ConnError> {
+        while !bytes.is_empty() {
+            let n = poll_fn(|cx| self.poll_send(cx, bytes)).await?;
+            if n == 0 {
+                return Err(ConnError::Eof);
+            }
+            bytes = &bytes[n..];
+        }
+        Ok(())
+    }
+
+    /// Fills `buf` (an error if the peer closes first).
+    pub async fn recv_exact(&self, buf: &mut [u8]) -> Result<(), ConnError> {
+        match self {
+            Socket::Glommio(stream) => {
+                let mut filled = 0;
+                while filled < buf.len() {
+                    let n = poll_fn(|cx| {
+                        Pin::new(&mut *stream.borrow_mut()).poll_read(cx, &mut buf[filled..])
+                    })
+                    .await?;
+                    if n == 0 {
+                        return Err(ConnError::Eof);
+                    }
+                    filled += n;
+                }
+                Ok(())
+            }
+            Socket::Epoll { fd, set } => Ok(set.recv_exact(fd.as_raw_fd(), buf).await?),
         }
     }
 }
@@ -404,15 +443,7 @@ impl WsWriter {
         self.write_raw(&frame).await
     }
 
-    async fn write_raw(&mut self, mut bytes: &[u8]) -> Result<(), ConnError> {
-        let socket = &self.socket;
-        while !bytes.is_empty() {
-            let n = poll_fn(|cx| socket.poll_send(cx, bytes)).await?;
-            if n == 0 {
-                return Err(ConnError::Eof);
-            }
-            bytes = &bytes[n..];
-        }
-        Ok(())
+    async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
+        self.socket.send_all(bytes).await
     }
 }

@@ -23,17 +23,14 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use glommio::net::TcpStream;
 use kasagi::protocol::RoomId;
 use kasagi_shards::shard_of;
 
 use crate::conn::{self, ConnError, Incoming, Readiness, RxStamp, Target, WsReader, WsWriter};
-use crate::epoll;
 use crate::runner::{now_us, sleep_until, Sync};
 use crate::stats::Stats;
 use crate::wire::{self, Proto, ServerView, Stamp};
@@ -627,22 +624,10 @@ async fn echo_client(
     count: usize,
     period_us: f64,
 ) {
-    use futures_lite::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut stream) = TcpStream::connect(addr).await else {
+    // The same socket the WebSocket clients use, so the echo's reads and writes are theirs.
+    let Ok(socket) = conn::Socket::connect(addr, readiness).await else {
         state.borrow_mut().stats.add("echo_connect_error", 1);
         return;
-    };
-    let _ = stream.set_nodelay(true);
-    let fd = stream.as_raw_fd();
-    let epoll = match readiness {
-        Readiness::Epoll => match epoll::current().and_then(|r| r.register(fd).map(|()| r)) {
-            Ok(r) => Some(r),
-            Err(_) => {
-                state.borrow_mut().stats.add("echo_connect_error", 1);
-                return;
-            }
-        },
-        Readiness::Uring => None,
     };
     let window = state.borrow().window;
     let message = [0x5Au8; 128];
@@ -654,11 +639,8 @@ async fn echo_client(
             break;
         }
         sleep_until(intended).await;
-        let round_trip = match stream.write_all(&message).await {
-            Ok(()) => match &epoll {
-                Some(reactor) => reactor.recv_exact(fd, &mut back).await,
-                None => stream.read_exact(&mut back).await,
-            },
+        let round_trip = match socket.send_all(&message).await {
+            Ok(()) => socket.recv_exact(&mut back).await,
             Err(e) => Err(e),
         };
         if round_trip.is_err() {
@@ -671,9 +653,6 @@ async fn echo_client(
                 .stats
                 .record("echo", now_us().saturating_sub(intended));
         }
-    }
-    if let Some(reactor) = epoll {
-        reactor.deregister(fd);
     }
 }
 
