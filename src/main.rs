@@ -116,7 +116,7 @@ struct ServeArgs {
     /// An origin allowed to open a WebSocket (repeatable; none given: any origin).
     #[arg(
         long = "allowed-origin",
-        env = "KASAGI_ALLOWED_ORIGINS",
+        env = "KASAGI_ALLOWED_ORIGIN",
         value_delimiter = ','
     )]
     allowed_origins: Vec<String>,

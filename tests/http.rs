@@ -50,6 +50,7 @@ fn metrics_lists_every_metric_per_shard() {
         "kasagi_messages_out_total",
         "kasagi_bytes_in_total",
         "kasagi_bytes_out_total",
+        "kasagi_outbound_peak_bytes",
     ] {
         for shard in ["0", "1"] {
             let prefix = format!("{name}{{");
@@ -67,12 +68,7 @@ fn metrics_lists_every_metric_per_shard() {
 
 /// The sum over shards of the samples of `name`.
 fn metric_sum(body: &str, name: &str) -> f64 {
-    body.lines()
-        .filter(|line| {
-            line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    common::metric_samples(body, name).iter().sum()
 }
 
 #[test]
@@ -321,11 +317,58 @@ fn origin_outside_the_allow_list_is_403() {
         let good = UpgradeRequest::default().set("Origin", origin);
         assert_eq!(good.status(server.addr()), 101, "{origin}");
     }
+    // No Origin header: not a browser, so the list does not apply (README, Protocol).
+    let no_origin = UpgradeRequest::default().without("Origin");
+    assert_eq!(no_origin.status(server.addr()), 101);
     // Subprotocol is checked before Origin.
     let both = UpgradeRequest::default()
         .set("Origin", "https://evil.example")
         .set("Sec-WebSocket-Protocol", "chat");
     assert_eq!(both.status(server.addr()), 400);
+}
+
+/// Every flag reads `KASAGI_<NAME>`; a flag on the command line wins over its variable.
+#[test]
+fn environment_variables_configure_the_server() {
+    let server = Server::start_env(
+        &["--max-ops-per-message", "3"],
+        &[
+            ("KASAGI_SHARDS", "2"),
+            (
+                "KASAGI_ALLOWED_ORIGIN",
+                "https://good.example,https://also.example",
+            ),
+            ("KASAGI_MAX_OPS_PER_MESSAGE", "1"),
+            ("KASAGI_MAX_PATH_DEPTH", "2"),
+        ],
+    );
+    let (_, _, body) = http_get(server.addr(), "/metrics");
+    assert_eq!(
+        common::metric_samples(&body, "kasagi_connections").len(),
+        2,
+        "KASAGI_SHARDS=2 runs two shards:\n{body}"
+    );
+    for (origin, status) in [
+        ("https://evil.example", 403),
+        ("https://good.example", 101),
+        ("https://also.example", 101),
+    ] {
+        let request = UpgradeRequest::default().set("Origin", origin);
+        assert_eq!(request.status(server.addr()), status, "{origin}");
+    }
+    let mut client = server.client(Enc::Json);
+    client.join("env");
+    // The flag's 3 ops per message, not the variable's 1.
+    client.op_acked(
+        "env",
+        1,
+        json!([["set", ["a"], 1], ["set", ["b"], 2], ["set", ["c"], 3]]),
+    );
+    let error = client.op_error("env", 2, json!([["set", ["a", "b", "c"], 1]]));
+    assert_eq!(
+        error["code"], "too_large",
+        "KASAGI_MAX_PATH_DEPTH=2: {error}"
+    );
 }
 
 const SECRET: &str = "integration-test-secret";

@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 
 use super::auth::Grant;
 use super::metrics::{self, ShardMetrics};
+use super::outbound::Outbound;
 use super::ratelimit::{TokenBucket, Verdict};
 use super::readiness::{Listener, Socket};
 use super::shard::{Conn, Shard};
@@ -121,7 +122,13 @@ pub async fn serve_socket(shard: Rc<Shard>, socket: Socket, mode: Mode) {
     debug!(shard = shard.id, peer = ?peer, subject = ?grant.subject, proto = proto.name(), "upgraded");
     let conn = match mode {
         Mode::Serve => shard.open_conn(proto, grant),
-        Mode::Echo => Rc::new(Conn::new(0, "echo".into(), proto, usize::MAX, grant)),
+        Mode::Echo => Rc::new(Conn::new(
+            0,
+            "echo".into(),
+            proto,
+            Outbound::new(usize::MAX),
+            grant,
+        )),
     };
     let (limits, session) = match mode {
         Mode::Serve => {

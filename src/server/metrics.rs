@@ -22,6 +22,8 @@ pub struct ShardMetrics {
     pub protocol_errors: AtomicU64,
     pub handshakes: AtomicU64,
     pub handshake_refusals: AtomicU64,
+    /// The most bytes one connection has held for its socket (a high-water mark).
+    pub outbound_peak: AtomicU64,
     /// With `--redis` (see `fleet/`); zero without.
     pub fleet: FleetMetrics,
 }
@@ -122,6 +124,12 @@ pub fn render(all: &[ShardMetrics]) -> String {
             "counter",
             "Refused upgrades and timed-out handshakes.",
             |m| &m.handshake_refusals,
+        ),
+        (
+            "kasagi_outbound_peak_bytes",
+            "gauge",
+            "Most bytes one connection has held for its socket since start (deltas stay within --outbound-queue-bytes; acks, errors and snapshots come on top).",
+            |m| &m.outbound_peak,
         ),
         (
             "kasagi_fleet_appends_total",

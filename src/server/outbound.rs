@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::metrics::AllMetrics;
 use super::telemetry::{Recorder, Stage};
 
 /// Largest gathered write; a frame at least this big, or alone in the queue, is written
@@ -64,7 +65,7 @@ pub enum Pushed {
     DroppedDeltas,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Outbound {
     queue: VecDeque<Queued>,
     queued_bytes: usize,
@@ -77,6 +78,10 @@ pub struct Outbound {
     direct: Option<(Bytes, usize)>,
     waker: Option<Waker>,
     closed: bool,
+    /// The most bytes this connection has held, and the shard gauge it raises
+    /// (`kasagi_outbound_peak_bytes`): one relaxed `fetch_max` per new personal record.
+    peak: usize,
+    peak_gauge: Option<(AllMetrics, usize)>,
 }
 
 impl Outbound {
@@ -84,6 +89,24 @@ impl Outbound {
         Outbound {
             limit,
             ..Outbound::default()
+        }
+    }
+
+    /// Reports this queue's high-water mark to shard `shard`'s `outbound_peak`.
+    pub fn with_peak_gauge(mut self, metrics: AllMetrics, shard: usize) -> Outbound {
+        self.peak_gauge = Some((metrics, shard));
+        self
+    }
+
+    fn note_peak(&mut self) {
+        let held = self.held_bytes();
+        if held > self.peak {
+            self.peak = held;
+            if let Some((metrics, shard)) = &self.peak_gauge {
+                metrics[*shard]
+                    .outbound_peak
+                    .fetch_max(held as u64, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
 
@@ -99,6 +122,7 @@ impl Outbound {
             is_delta: false,
             flushed_at: None,
         });
+        self.note_peak();
         self.wake();
     }
 
@@ -119,6 +143,7 @@ impl Outbound {
             is_delta: true,
             flushed_at,
         });
+        self.note_peak();
         self.wake();
         Pushed::Queued
     }
@@ -234,7 +259,6 @@ impl Outbound {
     }
 
     /// Bytes held for this connection (queued or committed and unwritten).
-    #[cfg(test)]
     pub fn held_bytes(&self) -> usize {
         let direct = self.direct.as_ref().map_or(0, |(f, at)| f.len() - at);
         self.queued_bytes + (self.committed.len() - self.committed_at) + direct
@@ -373,5 +397,31 @@ mod tests {
         assert!(out.is_congested());
         let _ = drain(&mut out, usize::MAX);
         assert!(!out.is_congested());
+    }
+
+    #[test]
+    fn the_peak_gauge_keeps_the_most_one_connection_held() {
+        let metrics = super::super::metrics::new_all(2);
+        let peak = |m: &AllMetrics| {
+            m[1].outbound_peak
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let mut out = Outbound::new(8).with_peak_gauge(metrics.clone(), 1);
+        out.push_delta(Bytes::from_static(b"1234"), None);
+        out.push_control(Bytes::from_static(b"ack"));
+        assert_eq!(peak(&metrics), 7);
+        let _ = drain(&mut out, usize::MAX);
+        out.push_delta(Bytes::from_static(b"12"), None);
+        assert_eq!(peak(&metrics), 7, "a high-water mark does not fall");
+        // A second connection on the same shard raises it only past its own record.
+        let mut other = Outbound::new(8).with_peak_gauge(metrics.clone(), 1);
+        other.push_delta(Bytes::from_static(b"12345678"), None);
+        assert_eq!(peak(&metrics), 8);
+        assert_eq!(
+            metrics[0]
+                .outbound_peak
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
     }
 }

@@ -193,14 +193,14 @@ impl Conn {
         id: ConnId,
         member: Rc<str>,
         proto: Subprotocol,
-        limit: usize,
+        out: Outbound,
         grant: Grant,
     ) -> Conn {
         Conn {
             id,
             member,
             proto,
-            out: RefCell::new(Outbound::new(limit)),
+            out: RefCell::new(out),
             rooms: RefCell::new(HashMap::new()),
             stale: Cell::new(false),
             unsynced: Cell::new(false),
@@ -326,13 +326,9 @@ impl Shard {
             Some(fleet) => format!("{}.s{}c{}", fleet.instance(), self.id, id).into(),
             None => format!("s{}c{}", self.id, id).into(),
         };
-        let conn = Rc::new(Conn::new(
-            id,
-            member,
-            proto,
-            self.config.limits.outbound_queue_bytes,
-            grant,
-        ));
+        let out = Outbound::new(self.config.limits.outbound_queue_bytes)
+            .with_peak_gauge(self.metrics.clone(), self.id);
+        let conn = Rc::new(Conn::new(id, member, proto, out, grant));
         self.conns.borrow_mut().insert(id, conn.clone());
         ShardMetrics::add(&self.metrics().connections, 1);
         conn

@@ -77,21 +77,30 @@ impl Server {
     /// `--shards`, so most tests run one executor (cheap, deterministic) and the shard tests
     /// choose their own count.
     pub fn start(args: &[&str]) -> Server {
+        Server::start_env(args, &[])
+    }
+
+    /// `start` with `KASAGI_*` environment variables set (`--shards 1` is added unless the
+    /// flags or `envs` name a shard count).
+    pub fn start_env(args: &[&str], envs: &[(&str, &str)]) -> Server {
         let mut full: Vec<String> = vec!["serve".into(), "--listen".into(), "127.0.0.1:0".into()];
-        if !args.contains(&"--shards") {
+        if !args.contains(&"--shards") && !envs.iter().any(|(name, _)| *name == "KASAGI_SHARDS") {
             full.push("--shards".into());
             full.push("1".into());
         }
         full.extend(args.iter().map(|arg| arg.to_string()));
-        Server::spawn(full)
+        Server::spawn(full, envs)
     }
 
     /// Starts `kasagi echo --listen 127.0.0.1:0`, the RFC 6455 echo server.
     pub fn start_echo() -> Server {
-        Server::spawn(vec!["echo".into(), "--listen".into(), "127.0.0.1:0".into()])
+        Server::spawn(
+            vec!["echo".into(), "--listen".into(), "127.0.0.1:0".into()],
+            &[],
+        )
     }
 
-    fn spawn(full: Vec<String>) -> Server {
+    fn spawn(full: Vec<String>, envs: &[(&str, &str)]) -> Server {
         let stderr_path = std::env::temp_dir().join(format!(
             "kasagi-itest-{}-{}-{}.stderr",
             std::process::id(),
@@ -99,8 +108,16 @@ impl Server {
             now_micros()
         ));
         let stderr_file = File::create(&stderr_path).expect("create the stderr capture file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kasagi"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kasagi"));
+        // The server sees only the configuration the test gives it.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("KASAGI_") {
+                command.env_remove(name);
+            }
+        }
+        let mut child = command
             .args(&full)
+            .envs(envs.iter().copied())
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -1044,6 +1061,16 @@ impl HttpResponse {
     pub fn body_text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+}
+
+/// Every sample of metric `name` in a `/metrics` body (one per shard).
+pub fn metric_samples(body: &str, name: &str) -> Vec<f64> {
+    body.lines()
+        .filter(|line| {
+            line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .collect()
 }
 
 /// `GET path` over a fresh connection: `(status, headers, body)`.
