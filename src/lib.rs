@@ -2,23 +2,25 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the one `Config` (limits and runtime settings) with documented defaults.
-//! - [`value`]: the value tree that states, ops and messages are made of.
-//! - [`ws`]: the hand-rolled, sans-IO RFC 6455 stack: handshake parser, frame codec,
-//!   message assembly with streaming UTF-8 validation.
-//! - [`protocol`]: the messages of `PROTOCOL.md`, decoded from and encoded to MessagePack
-//!   (`kasagi.v1.msgpack`) and JSON (`kasagi.v1.json`).
-//! - [`room`]: a room's authoritative state, atomic ops, coalesced state-based deltas, the
-//!   resume ring. Plain structs, no I/O.
-//! - [`redis`]: the per-shard Redis client on glommio: a sans-IO RESP decoder, pipelined
-//!   command connection, subscriber connection, reconnect with backoff.
-//! - [`server`]: the glommio side: per-shard state, connection tasks, cross-shard routing,
-//!   HTTP endpoints, metrics and latency telemetry, the echo mode used for conformance runs,
-//!   and (`server::fleet`) the Redis fleet mode: leases, the durable log, relays between
-//!   instances.
+//! The same map as the README's (`tests/docs.rs` keeps the two equal):
 //!
-//! The shard-per-core runtime itself (executors, `SO_REUSEPORT` listeners, key -> shard
-//! hashing, the channel mesh) is the `kasagi-shards` crate in `shards/`.
+//! | path | what lives there |
+//! |---|---|
+//! | `Cargo.toml` | the workspace, and the `kasagi` package (server library + binary) |
+//! | `src/lib.rs` | the layout map of the library |
+//! | `src/config.rs` | the one `Config`: every limit and setting, with its default |
+//! | `src/value.rs` | the value tree (nil, bool, integers, float, string, binary, array, map) |
+//! | `src/ws/` | the hand-rolled, sans-IO RFC 6455 stack: handshake parser, frame codec, message reader with streaming UTF-8 validation |
+//! | `src/protocol/` | the messages of the protocol, MessagePack and JSON |
+//! | `src/room/` | a room's state, atomic ops with undo, coalesced state-based deltas, the resume ring (no I/O) |
+//! | `src/redis/` | the per-shard Redis client on glommio's `TcpStream`: our own sans-IO RESP decoder, commands packed by the `redis` crate, pipelining, a subscriber connection, reconnect with backoff (used by the fleet mode, next) |
+//! | `src/server/fleet/` | the fleet mode: leases and epochs, the append script and snapshots, relaying requests to an owner on another instance, gap repair from the log |
+//! | `src/server/` | the glommio side: shards, connections and their sockets (accepted, read and written through one epoll set per shard), routing to room owners, fan-out, HTTP, metrics, echo mode |
+//! | `src/main.rs` | the `kasagi` binary: flags and environment into a `Config` |
+//! | `shards/` | the `kasagi-shards` crate: the shard-per-core runtime, knowing nothing of rooms or WebSocket: pinned executors, `SO_REUSEPORT` listeners, the stable key -> shard hash, the cross-shard mesh, the epoll set of sockets (`SocketSet`) |
+//! | `tests/` | integration tests: the real binary on loopback with an independent WebSocket client |
+//! | `bench/` | the `kasagi-bench` crate: open-loop load generator, HDR latency reports, presets |
+//! | `scripts/` | `test.sh` (everything), `autobahn.sh` (conformance run), `bench.sh` (bench presets with pinned cores), `redis.sh` (a local Redis for development) |
 
 pub mod config;
 pub mod protocol;
