@@ -22,5 +22,8 @@ fn lib_rs_has_the_readme_layout_map() {
     let in_readme = table_after(&readme, "## Layout", "");
     let in_lib = table_after(&lib, "# Layout", "//! ");
     assert!(in_readme.len() > 5, "README layout map: {in_readme:?}");
-    assert_eq!(in_lib, in_readme, "src/lib.rs and README.md layout maps differ");
+    assert_eq!(
+        in_lib, in_readme,
+        "src/lib.rs and README.md layout maps differ"
+    );
 }

@@ -1,11 +1,13 @@
-//! Graceful shutdown: SIGTERM (and SIGINT) close every WebSocket with 1001 and the process
-//! exits 0 within 5 s.
+//! Graceful shutdown: SIGTERM (and SIGINT) stop accepting, close every WebSocket with 1001,
+//! and the process exits 0 within 5 s (or its drain timeout).
 
 mod common;
 
+use std::io::ErrorKind;
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Enc, Server};
+use common::{Client, Enc, Server};
 
 fn shuts_down_on(signal: &str) {
     let mut server = Server::start(&["--shards", "2"]);
@@ -57,23 +59,118 @@ fn idle_server_exits_0_on_sigterm() {
     assert_eq!(status.code(), Some(0), "{status:?}");
 }
 
-#[test]
-fn sigterm_exits_in_time_despite_a_client_that_does_not_read() {
-    let mut server = Server::start(&["--rate-limit", "100000", "--rate-burst", "100000"]);
+/// `--outbound-queue-bytes` of the servers `stuck_reader` is used with.
+const QUEUE_BYTES: &str = "262144";
+
+/// A client that never reads, with its socket buffers and its outbound queue filled by a
+/// flood of deltas (so its close frame cannot be written), and the writer of the flood.
+fn stuck_reader(server: &Server) -> (Client, Client) {
+    // A small receive buffer, so that the kernel's buffers fill early.
     let addr = server.addr();
-    // A client that never reads, with its socket buffers filled by a flood of deltas.
-    let mut stuck = server.client(Enc::Msgpack);
+    let (mut stuck, _) = Client::connect_stream(
+        common::small_buffer_stream(addr),
+        addr,
+        "/ws",
+        &[Enc::Msgpack.subprotocol()],
+        &[],
+    )
+    .expect("connect the stuck client");
     stuck.join("stuck");
     let mut writer = server.client(Enc::Msgpack);
     writer.join("stuck");
     let blob = "z".repeat(32 * 1024);
-    for seq in 1..=200u64 {
+    // Flood until one connection held over half its bound: its socket stopped taking bytes
+    // (the writer reads its deltas as they come and stays far below).
+    let full = QUEUE_BYTES.parse::<f64>().expect("a number") / 2.0;
+    for seq in 1..=2000u64 {
         writer.op_acked(
             "stuck",
             seq,
             serde_json::json!([["set", ["blob"], format!("{seq}{blob}")]]),
         );
+        if seq % 20 == 0 {
+            let (_, _, metrics) = common::http_get(addr, "/metrics");
+            let peak = common::metric_samples(&metrics, "kasagi_outbound_peak_bytes")
+                .into_iter()
+                .fold(0.0, f64::max);
+            if peak > full {
+                return (stuck, writer);
+            }
+        }
     }
+    panic!("2000 deltas of 32 KiB did not fill the stuck client's queue");
+}
+
+#[test]
+fn a_draining_server_takes_no_new_connections() {
+    let mut server = Server::start(&[
+        "--shards",
+        "2",
+        "--drain-timeout",
+        "4s",
+        "--outbound-queue-bytes",
+        QUEUE_BYTES,
+        "--rate-limit",
+        "100000",
+        "--rate-burst",
+        "100000",
+    ]);
+    let addr = server.addr();
+    // The stuck client keeps the drain going until its timeout.
+    let (stuck, mut writer) = stuck_reader(&server);
+    server.sigterm();
+    assert_eq!(writer.expect_close(), Some(1001));
+    // Every shard closes its listener: connects are refused (polled, within 2 s).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let refused = loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Err(err) if err.kind() == ErrorKind::ConnectionRefused => break true,
+            other if Instant::now() >= deadline => {
+                eprintln!("last connect: {other:?}");
+                let ss = std::process::Command::new("ss")
+                    .args(["-tanp"])
+                    .output()
+                    .unwrap();
+                eprintln!(
+                    "{}",
+                    String::from_utf8_lossy(&ss.stdout)
+                        .lines()
+                        .filter(|l| l.contains(&addr.port().to_string()))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+                break false;
+            }
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    assert!(
+        refused,
+        "a draining server still takes connections on {addr}"
+    );
+    assert!(
+        server.wait_exit(Duration::ZERO).is_none(),
+        "the server had already exited: the refusal says nothing about draining"
+    );
+    let status = server
+        .wait_exit(Duration::from_secs(8))
+        .expect("exits after --drain-timeout");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    drop(stuck);
+}
+
+#[test]
+fn sigterm_exits_in_time_despite_a_client_that_does_not_read() {
+    let mut server = Server::start(&[
+        "--outbound-queue-bytes",
+        QUEUE_BYTES,
+        "--rate-limit",
+        "100000",
+        "--rate-burst",
+        "100000",
+    ]);
+    let addr = server.addr();
+    let (stuck, mut writer) = stuck_reader(&server);
     // And one that never finishes its handshake.
     let mut half = common::Raw::connect(addr);
     half.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n");

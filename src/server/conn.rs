@@ -616,21 +616,14 @@ impl Session for Echo {
     }
 }
 
-/// Accepts connections until the shard starts draining.
+/// Accepts connections until the shard cancels the task (at the start of a drain).
 pub async fn accept_loop(shard: Rc<Shard>, listener: Listener, mode: Mode) {
     // Accept errors (out of descriptors, mostly) back off from 10 ms to 1 s and are logged
     // once per episode, not once per retry.
     let mut backoff = Duration::ZERO;
     loop {
-        let accepted = async { Some(listener.accept().await) }
-            .or(async {
-                super::wait_until_stopping(&shard).await;
-                None
-            })
-            .await;
-        match accepted {
-            None => return,
-            Some(Ok(socket)) => {
+        match listener.accept().await {
+            Ok(socket) => {
                 if !backoff.is_zero() {
                     info!(shard = shard.id, "accepting again");
                     backoff = Duration::ZERO;
@@ -639,8 +632,8 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: Listener, mode: Mode) {
             }
             // The client gave up between its handshake and our accept: nothing to back
             // off from.
-            Some(Err(err)) if err.kind() == io::ErrorKind::ConnectionAborted => {}
-            Some(Err(err)) => {
+            Err(err) if err.kind() == io::ErrorKind::ConnectionAborted => {}
+            Err(err) => {
                 if backoff.is_zero() {
                     warn!(cause = %err, shard = shard.id, "accept failed; backing off");
                 }

@@ -114,13 +114,20 @@ pub fn run(
 
 async fn shard_main(shard: Rc<Shard>, socket: socket2::Socket, mode: Mode, stop: Arc<AtomicBool>) {
     // The shard accepts through its epoll set, like it reads (see `readiness`).
-    match readiness::Listener::new(socket) {
-        Ok(listener) => {
-            glommio::spawn_local(conn::accept_loop(shard.clone(), listener, mode)).detach();
-        }
+    // The accept task owns the listener: cancelling it at the drain closes the socket, so
+    // the kernel refuses new connections (or hands them to a shard still accepting).
+    let accepting = match readiness::Listener::new(socket) {
+        Ok(listener) => Some(glommio::spawn_local(conn::accept_loop(
+            shard.clone(),
+            listener,
+            mode,
+        ))),
         // The shard still owns its share of the rooms for the others' connections.
-        Err(err) => error!(cause = %err, shard = shard.id, "cannot accept on this shard"),
-    }
+        Err(err) => {
+            error!(cause = %err, shard = shard.id, "cannot accept on this shard");
+            None
+        }
+    };
     let flusher = shard.clone();
     glommio::spawn_local(async move {
         loop {
@@ -146,6 +153,9 @@ async fn shard_main(shard: Rc<Shard>, socket: socket2::Socket, mode: Mode, stop:
         }
     }
     info!(connections = shard.conn_count(), "draining");
+    if let Some(accepting) = accepting {
+        accepting.cancel().await;
+    }
     shard.begin_drain();
     let deadline = Instant::now() + shard.config.drain_timeout;
     while shard.conn_count() > 0 && Instant::now() < deadline {
@@ -156,11 +166,4 @@ async fn shard_main(shard: Rc<Shard>, socket: socket2::Socket, mode: Mode, stop:
     shard.flush_mesh().await;
     shard.fleet_shutdown(Duration::from_secs(1)).await;
     info!(left = shard.conn_count(), "drained");
-}
-
-/// Resolves once the shard has started draining.
-async fn wait_until_stopping(shard: &Shard) {
-    while !shard.stopping.get() {
-        Timer::new(STOP_POLL).await;
-    }
 }
