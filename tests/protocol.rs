@@ -726,12 +726,17 @@ fn undecodable_payload_closes_1007(enc: Enc) {
             Message::Binary(Vec::new()),
         ],
     };
-    for payload in payloads {
+    // A member of the same room, in the same encoding, keeps being served.
+    let mut bystander = server.client(enc);
+    bystander.join("r");
+    for (seq, payload) in (1..).zip(payloads) {
         let mut a = server.client(enc);
         a.join("r");
+        bystander.sync();
         let shown = format!("{payload:?}");
         a.send_message(payload);
         assert_eq!(a.expect_close(), Some(1007), "{shown}");
+        bystander.op_acked("r", seq, json!([["inc", ["n"], 1]]));
     }
 }
 

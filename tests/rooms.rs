@@ -386,6 +386,63 @@ fn cross_shard_resume_and_disconnect_presence() {
     assert_eq!(mirror.state, json!({"a": 1, "b": 2}));
 }
 
+/// The deltas `watcher` gets until its sync point, checked gapless from `tick`; returns how
+/// many there were and the last tick.
+fn count_deltas(watcher: &mut Client, mut tick: u64) -> (usize, u64) {
+    let deltas: Vec<Value> = watcher
+        .sync()
+        .into_iter()
+        .filter(|m| m["t"] == "delta")
+        .collect();
+    for delta in &deltas {
+        tick += 1;
+        assert_eq!(delta["tick"], tick, "gapless ticks: {deltas:?}");
+    }
+    (deltas.len(), tick)
+}
+
+/// PROTOCOL.md's coalescing: under light load each op gets a delta of its own; ops that
+/// arrive together (one read) share one delta per executor turn, and are all in it.
+#[test]
+fn ops_alone_get_a_delta_each_and_ops_read_together_share_one() {
+    const OPS: u64 = 100;
+    let server = Server::start(&["--rate-limit", "100000", "--rate-burst", "100000"]);
+    let mut writer = server.client(Enc::Msgpack);
+    writer.join("coalesce");
+    let mut watcher = server.client(Enc::Json);
+    let tick = watcher.join("coalesce")["tick"].as_u64().expect("tick");
+
+    for seq in 1..=20 {
+        writer.op_acked("coalesce", seq, json!([["inc", ["n"], 1]]));
+    }
+    let (alone, tick) = count_deltas(&mut watcher, tick);
+    assert_eq!(alone, 20, "one op at a time: a delta each");
+
+    writer.send_batch((1..=OPS).map(
+        |i| json!({"t": "op", "room": "coalesce", "seq": 100 + i, "ops": [["inc", ["n"], 1]]}),
+    ));
+    let mut acked = 0;
+    while acked < OPS {
+        let message = writer.recv();
+        if message["t"] == "ack" {
+            acked += 1;
+        } else {
+            assert_eq!(message["t"], "delta", "{message}");
+        }
+    }
+    let (together, last) = count_deltas(&mut watcher, tick);
+    eprintln!(
+        "coalescing: {alone} deltas for {alone} ops alone, {together} for {OPS} ops in one write"
+    );
+    assert!(
+        (1..=OPS as usize / 10).contains(&together),
+        "{OPS} ops in one write came as {together} deltas"
+    );
+    let fresh = server.client(Enc::Msgpack).join("coalesce");
+    assert_eq!(fresh["tick"], last);
+    assert_eq!(fresh["state"]["n"], 20 + OPS);
+}
+
 /// The requests of [`pipelined_requests_in_order`], written in one burst.
 fn pipelined_burst(room: &str) -> [Value; 8] {
     [

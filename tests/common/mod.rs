@@ -556,6 +556,19 @@ impl Client {
         self.send_message(message);
     }
 
+    /// Sends `values` in one TCP write (tungstenite buffers them until the flush).
+    pub fn send_batch(&mut self, values: impl IntoIterator<Item = Value>) {
+        for value in values {
+            let message = self.enc.message(&value);
+            self.ws
+                .write(message)
+                .unwrap_or_else(|err| panic!("buffer on a {:?} client: {err}", self.enc));
+        }
+        self.ws
+            .flush()
+            .unwrap_or_else(|err| panic!("flush on a {:?} client: {err}", self.enc));
+    }
+
     /// Sends a raw WebSocket message (e.g. a frame of the wrong type).
     pub fn send_message(&mut self, message: Message) {
         self.ws
