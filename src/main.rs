@@ -129,6 +129,10 @@ struct ServeArgs {
     /// Listen backlog of each shard's socket.
     #[arg(long, env = "KASAGI_BACKLOG", default_value_t = 1024)]
     backlog: i32,
+    /// Messages each cross-shard channel holds; past it a sender queues in order (README,
+    /// "Shards and routing").
+    #[arg(long, env = "KASAGI_MESH_CAPACITY", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    mesh_capacity: u32,
     /// Busy-poll this long before an idle shard sleeps (e.g. `50us`); 0 sleeps at once.
     /// Cuts wake-up latency on dedicated cores, burns them while idle. Pinned shards only.
     #[arg(long, env = "KASAGI_SPIN_BEFORE_PARK", default_value = "0s", value_parser = humantime::parse_duration)]
@@ -220,6 +224,7 @@ fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
     let mut config = Config {
         listen: args.listen,
         backlog: args.backlog,
+        mesh_capacity: args.mesh_capacity as usize,
         spin_before_park: (!args.spin_before_park.is_zero()).then_some(args.spin_before_park),
         allowed_origins: args.allowed_origins.clone(),
         auth_secret: args.auth_secret.clone(),

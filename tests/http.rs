@@ -51,6 +51,8 @@ fn metrics_lists_every_metric_per_shard() {
         "kasagi_bytes_in_total",
         "kasagi_bytes_out_total",
         "kasagi_outbound_peak_bytes",
+        "kasagi_mesh_backlog",
+        "kasagi_mesh_outboxed_total",
     ] {
         for shard in ["0", "1"] {
             let prefix = format!("{name}{{");

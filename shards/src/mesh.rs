@@ -39,8 +39,8 @@
 //! # Why an unbounded outbox is acceptable
 //!
 //! The producers upstream of the mesh are bounded: every client connection is
-//! rate-limited and has bounded queues, and the number of connections per shard
-//! is capped. So the outbox holds at most what the sender's own clients were
+//! rate-limited and has bounded queues, and the number of connections is bounded
+//! by the process's open-file limit. So the outbox holds at most what the sender's own clients were
 //! allowed to produce while the peer was behind; it cannot grow faster than
 //! those limits allow. Bounding it here instead would force a choice between
 //! blocking the sender's event loop (a slow shard would freeze all the others,
@@ -50,7 +50,7 @@
 //! **Failure mode:** if a peer shard stalls for good (a bug: an endless loop, a
 //! deadlock), the outboxes towards it grow with its share of the traffic until
 //! memory runs out. The symptom is visible well before that in
-//! [`Mesh::backlog`]; alert on it.
+//! [`Mesh::backlog`] (the server exports it as `kasagi_mesh_backlog`); alert on it.
 //!
 //! # Stopped peers
 //!

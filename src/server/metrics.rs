@@ -24,6 +24,10 @@ pub struct ShardMetrics {
     pub handshake_refusals: AtomicU64,
     /// The most bytes one connection has held for its socket (a high-water mark).
     pub outbound_peak: AtomicU64,
+    /// The shard's mesh: messages waiting for room in a peer's channel (a gauge), and how
+    /// many ever had to wait; copied from the mesh once a second.
+    pub mesh_backlog: AtomicU64,
+    pub mesh_outboxed: AtomicU64,
     /// With `--redis` (see `fleet/`); zero without.
     pub fleet: FleetMetrics,
 }
@@ -130,6 +134,18 @@ pub fn render(all: &[ShardMetrics]) -> String {
             "gauge",
             "Most bytes one connection has held for its socket since start (deltas stay within --outbound-queue-bytes; acks, errors and snapshots come on top).",
             |m| &m.outbound_peak,
+        ),
+        (
+            "kasagi_mesh_backlog",
+            "gauge",
+            "Messages to other shards waiting for room in a full channel (one that only grows: a stalled shard).",
+            |m| &m.mesh_backlog,
+        ),
+        (
+            "kasagi_mesh_outboxed_total",
+            "counter",
+            "Messages to other shards that found the peer's channel full and waited in order.",
+            |m| &m.mesh_outboxed,
         ),
         (
             "kasagi_fleet_appends_total",

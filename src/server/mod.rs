@@ -150,6 +150,7 @@ async fn shard_main(shard: Rc<Shard>, socket: socket2::Socket, mode: Mode, stop:
                 .map_or(0, |d| d.as_secs());
             shard.expire_grants(now);
             shard.telemetry.publish(&shard.published, shard.id);
+            shard.publish_mesh_stats();
         }
     }
     info!(connections = shard.conn_count(), "draining");

@@ -773,6 +773,16 @@ impl Shard {
         }
     }
 
+    /// Copies the mesh's counters into this shard's metrics.
+    pub fn publish_mesh_stats(&self) {
+        let stats = self.mesh.stats();
+        let m = self.metrics();
+        m.mesh_backlog
+            .store(stats.backlog as u64, std::sync::atomic::Ordering::Relaxed);
+        m.mesh_outboxed
+            .store(stats.outboxed, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Resolves once every message this shard sent to its peers is in their channels.
     pub async fn flush_mesh(&self) {
         self.mesh.flush().await;
