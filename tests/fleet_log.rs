@@ -5,7 +5,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::fleet::{instance, Member, RedisServer, Resp};
-use common::Enc;
+use common::{Client, Enc};
+use serde_json::json;
 
 fn field(resp: &Resp, name: &str) -> Option<String> {
     let Resp::Array(Some(items)) = resp else {
@@ -62,6 +63,29 @@ fn snapshots_trim_the_log_and_cold_start_replays_it() {
     assert_eq!(m.mirror.tick, 37, "continues at the last logged tick");
     assert_eq!(m.mirror.epoch, 2);
     println!("snapshot at tick {snap_tick}, log of {len} entries; reloaded at tick 37, epoch 2");
+
+    // Resume against the trimmed log, on the new owner (whose ring holds nothing of epoch
+    // 1): a tick the log still holds gets exactly the deltas after it, from the log; a
+    // tick trimmed away gets the full state, never a partial replay.
+    let mut client = Client::connect(b.addr(), Enc::Msgpack);
+    let joined = client.join_since(room, 32, Some(1));
+    assert_eq!(joined["resumed"], true, "{joined}");
+    assert_eq!(joined["epoch"], 2, "{joined}");
+    for tick in 33..=37 {
+        let delta = client.next_of("delta");
+        assert_eq!(delta["tick"], tick, "{delta}");
+        assert_eq!(delta["epoch"], 2, "{delta}");
+        let ops = delta["ops"].as_array().expect("ops");
+        assert!(
+            ops.contains(&json!(["set", ["counter"], tick])),
+            "one inc per tick: {delta}"
+        );
+    }
+    client.assert_quiet("after the deltas from the log");
+    let joined = client.join_since(room, 20, Some(1));
+    assert!(joined.get("resumed").is_none(), "{joined}");
+    assert_eq!(joined["state"]["counter"], counter, "{joined}");
+    println!("resume from the log: since 32 -> deltas 33..=37; since 20 (trimmed) -> full state");
 }
 
 /// SIGTERM releases the leases: a relay with members takes the room over at once, not

@@ -18,7 +18,7 @@ fn one_delta(m: &mut Member) {
 /// gap gives exactly the missed deltas; one past the resume window, another epoch or a
 /// future tick give the full state.
 #[test]
-fn resume_through_a_relay_small_gap_deltas_trimmed_gap_snapshot() {
+fn resume_through_a_relay_small_gap_deltas_past_the_window_snapshot() {
     let redis = RedisServer::start();
     let args = ["--resume-window", "4"];
     let a = instance(&redis, "a", &args);
@@ -72,7 +72,7 @@ fn resume_through_a_relay_small_gap_deltas_trimmed_gap_snapshot() {
     assert_eq!(joined["resumed"], true, "{joined}");
     client.assert_quiet("resumed at the current tick");
     println!(
-        "trimmed gap, other epoch, future tick: full state at tick {}",
+        "past the window, other epoch, future tick: full state at tick {}",
         m1.mirror.tick
     );
 }
