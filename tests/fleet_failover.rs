@@ -804,3 +804,43 @@ fn a_relay_that_missed_the_new_owner_registers_on_its_delta() {
 fn a_relay_that_missed_the_new_owner_registers_from_the_log() {
     relay_that_missed_the_new_owner("missed-owner-log", true);
 }
+
+/// A relay's first deltas are lost: b's subscriber goes down (killed, and logins as b's
+/// Redis user refused) right after its client joined, before any delta, while the owner
+/// writes. The repair after b's reconnect starts after the tick of the `joined`: b's client
+/// sees every tick (its mirror fails on a gap).
+#[test]
+fn deltas_lost_before_a_relays_first_delta_are_repaired() {
+    let redis = RedisServer::start();
+    relay_user(&redis, &["on", ">relay-pw", "~*", "&*", "+@all"]);
+    let a = instance(&redis, "a", &[]);
+    let b = instance_url(&relay_url(&redis), "b", &[]);
+    let room = "first-deltas";
+    let mut m1 = Member::join(a.addr(), Enc::Msgpack, room);
+    let mut m2 = Member::join(b.addr(), Enc::Json, room);
+    relay_user(&redis, &["off"]);
+    assert!(
+        kill_subscribers(&redis, "b") >= 1,
+        "no subscriber connection of b found to kill"
+    );
+    for _ in 0..5 {
+        m1.send_inc(1);
+    }
+    m1.settle(Duration::from_secs(10));
+    assert!(!subscribed(&redis, "b"), "b heard the deltas");
+    relay_user(&redis, &["on"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !subscribed(&redis, "b") {
+        assert!(Instant::now() < deadline, "b's subscriber never came back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    m1.send_inc(1);
+    m1.settle(Duration::from_secs(10));
+    let top = converge(&mut [&mut m1, &mut m2]);
+    assert_eq!(m2.deltas, top, "every tick reached b's client");
+    assert_eq!(m2.counter(), 6);
+    println!(
+        "b's subscriber down from its client's joined on: {} deltas, ticks 1..={top}",
+        m2.deltas
+    );
+}

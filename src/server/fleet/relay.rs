@@ -62,7 +62,8 @@ pub struct Relay {
     per_shard: Vec<u32>,
     per_proto: [u32; 2],
     epoch: u64,
-    /// The last tick delivered; `None` until the first delta.
+    /// The last tick the members hold: from the first `joined` answer or delta on; `None`
+    /// before, and again after a repair found the log trimmed (until the answers come).
     tick: Option<u64>,
     repairing: bool,
     buffered: VecDeque<OutMsg>,
@@ -671,6 +672,11 @@ impl Shard {
                 {
                     let mut rooms = fleet.rooms.borrow_mut();
                     if let Some(FleetRoom::Relayed(relay)) = rooms.get_mut(room) {
+                        // The first answer is where the members' deltas start: a delta
+                        // lost before the first one comes is found missing against it.
+                        if snapshot && relay.tick.is_none() && epoch == relay.epoch {
+                            relay.tick = frames.first().and_then(|f| frame_u64(f, "tick"));
+                        }
                         match kind {
                             ToKind::Refused => {
                                 relay.remove(conn);
@@ -966,9 +972,14 @@ impl Shard {
     }
 }
 
-/// The `seq` of a framed server message (an `ack` or an `error` answering an op): the
-/// frame is one unmasked WebSocket frame the server made, binary MessagePack or JSON text.
+/// The `seq` of a framed server message (an `ack` or an `error` answering an op).
 fn reply_seq(frame: &[u8]) -> Option<u64> {
+    frame_u64(frame, "seq")
+}
+
+/// A top-level u64 field of a framed server message: the frame is one unmasked WebSocket
+/// frame the server made, binary MessagePack or JSON text.
+fn frame_u64(frame: &[u8], key: &str) -> Option<u64> {
     let start = match frame.get(1)? & 0x7f {
         126 => 4,
         127 => 10,
@@ -977,10 +988,10 @@ fn reply_seq(frame: &[u8]) -> Option<u64> {
     let payload = frame.get(start..)?;
     if frame.first()? & 0x0f == 0x2 {
         let value =
-            crate::protocol::msgpack::decode_value(payload, crate::value::Value::MAX_DEPTH).ok()?;
-        value.as_map()?.get("seq")?.as_u64()
+            crate::protocol::msgpack::decode_value(payload, super::wire::STATE_DEPTH).ok()?;
+        value.as_map()?.get(key)?.as_u64()
     } else {
         let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
-        value.get("seq")?.as_u64()
+        value.get(key)?.as_u64()
     }
 }

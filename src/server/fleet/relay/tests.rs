@@ -135,3 +135,23 @@ fn a_newer_epoch_tells_of_a_new_owner_but_the_first_one_seen_does_not() {
     assert_eq!(relay.new_owner(2).len(), 1);
     assert!(!relay.owner_changes(2), "known from now on");
 }
+
+#[test]
+fn the_tick_of_a_framed_joined() {
+    let state = crate::value::Value::Map(Default::default());
+    for proto in Subprotocol::ALL {
+        let frame = crate::server::encode::frame(
+            &ServerMessage::Joined {
+                room: "r",
+                tick: 1522,
+                epoch: 3,
+                you: "c1",
+                members: &["c1".to_owned()],
+                state: Some(&state),
+                resync: false,
+            },
+            proto,
+        );
+        assert_eq!(frame_u64(&frame, "tick"), Some(1522), "{proto:?}");
+    }
+}
