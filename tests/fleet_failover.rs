@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::fleet::{converge, instance, Member, RedisServer, Resp};
+use common::fleet::{converge, instance, instance_url, Member, RedisServer, Resp, RespConn};
 use common::Enc;
 
 /// Kills an instance's pub/sub connections (found in `CLIENT LIST` by the client name);
@@ -24,6 +24,38 @@ fn kill_subscribers(redis: &RedisServer, instance: &str) -> usize {
         .filter_map(|line| line.split(' ').find_map(|f| f.strip_prefix("id=")))
         .filter(|id| redis.command(&["CLIENT", "KILL", "ID", id]) == Resp::Int(1))
         .count()
+}
+
+/// Whether a pub/sub connection of `instance` is up with at least one subscription.
+fn subscribed(redis: &RedisServer, instance: &str) -> bool {
+    let list = redis
+        .command(&["CLIENT", "LIST"])
+        .as_text()
+        .unwrap_or_default();
+    list.lines()
+        .filter(|line| line.contains(&format!("name=kasagi-{instance}-s")))
+        .any(|line| {
+            line.split(' ')
+                .find_map(|f| f.strip_prefix("sub="))
+                .and_then(|n| n.parse::<u64>().ok())
+                .is_some_and(|n| n > 0)
+        })
+}
+
+/// Creates or changes the Redis user `relay` (password `relay-pw`, see [`relay_url`]).
+fn relay_user(redis: &RedisServer, rules: &[&str]) {
+    let mut args = vec!["ACL", "SETUSER", "relay"];
+    args.extend_from_slice(rules);
+    let reply = redis.command(&args);
+    assert_eq!(
+        reply.as_text().as_deref(),
+        Some("OK"),
+        "{args:?}: {reply:?}"
+    );
+}
+
+fn relay_url(redis: &RedisServer) -> String {
+    format!("redis://relay:relay-pw@127.0.0.1:{}", redis.port)
 }
 
 fn owner_of(redis: &RedisServer, room: &str) -> Option<String> {
@@ -152,21 +184,35 @@ fn owner_killed_while_clients_write() {
     assert!(served < Duration::from_secs(4), "took over in {served:?}");
 }
 
-/// The subscriber connection of a relaying instance is killed during writes: its clients
-/// still see gapless ticks (repaired from the log) and get every ack.
+/// The subscriber connection of a relaying instance is killed during writes, and stays
+/// down (logins as its Redis user refused) while the owner writes: its clients still see
+/// gapless ticks and get every ack. The deltas written while it was down reached it only
+/// through the log, which the repair after its reconnect read.
 #[test]
 fn killed_subscriber_is_repaired_from_the_log() {
     let redis = RedisServer::start();
+    relay_user(&redis, &["on", ">relay-pw", "~*", "&*", "+@all"]);
     let a = instance(&redis, "a", &[]);
-    let b = instance(&redis, "b", &[]);
+    let b = instance_url(&relay_url(&redis), "b", &[]);
     let room = "repair";
     let mut m1 = Member::join(a.addr(), Enc::Msgpack, room);
     let mut m2 = Member::join(b.addr(), Enc::Json, room);
+    assert_eq!(m2.mirror.tick, 0);
     let mut killed = 0;
+    // The last tick written while b could not hear it, per outage.
+    let mut unheard = Vec::new();
     for round in 0..60 {
         write_round(&mut [&mut m1, &mut m2], 4);
         if round == 20 || round == 40 {
+            relay_user(&redis, &["off"]);
             killed += kill_subscribers(&redis, "b");
+            for _ in 0..3 {
+                m1.send_inc(1);
+            }
+            m1.settle(Duration::from_secs(10));
+            assert!(!subscribed(&redis, "b"), "b heard the deltas");
+            unheard.push(m1.mirror.tick);
+            relay_user(&redis, &["on"]);
         }
     }
     assert!(killed >= 2, "no subscriber connection of b found to kill");
@@ -174,18 +220,27 @@ fn killed_subscriber_is_repaired_from_the_log() {
     m2.settle(Duration::from_secs(10));
     let top = converge(&mut [&mut m1, &mut m2]);
     assert_eq!(m1.counter(), m1.acked_sum + m2.acked_sum);
+    // Every tick from the join on, each checked consecutive: those written while b was
+    // deaf included.
+    assert_eq!(m2.deltas, top, "b's client missed deltas");
+    let (_, _, metrics) = common::http_get(b.addr(), "/metrics");
+    let repairs: Vec<u64> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("kasagi_fleet_gap_repairs_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert!(
+        !repairs.is_empty(),
+        "no kasagi_fleet_gap_repairs_total: {metrics}"
+    );
+    let repairs: u64 = repairs.iter().sum();
+    assert!(repairs >= 2, "b repaired {repairs} times: {metrics}");
+    assert!(metrics.contains("kasagi_fleet_relayed_total"));
     println!(
-        "killed b's subscriber {killed} times; b's client saw {} consecutive deltas to tick {top}, \
-         {} acks",
+        "killed b's subscriber {killed} times; ticks {unheard:?} written while b was deaf; b's \
+         client saw {} consecutive deltas to tick {top}, {} acks; b repaired {repairs} times",
         m2.deltas, m2.acked
     );
-    assert!(b.stderr().contains("reading missed deltas from the log"));
-    let (_, _, metrics) = common::http_get(b.addr(), "/metrics");
-    assert!(
-        !metrics.contains("kasagi_fleet_gap_repairs_total{shard=\"0\"} 0\n"),
-        "{metrics}"
-    );
-    assert!(metrics.contains("kasagi_fleet_relayed_total"));
 }
 
 /// A stale owner (paused with SIGSTOP until its lease was taken, then SIGCONT) cannot
@@ -676,4 +731,139 @@ fn a_leave_waiting_when_the_owner_dies_is_answered() {
 #[test]
 fn a_disconnects_leave_lost_on_its_way_is_sent_again() {
     leave_while_the_owners_subscriber_is_down("lost-disconnect", drop);
+}
+
+/// Instance b relays a room whose owner a dies, and misses the announcement of the new
+/// owner c: b's Pub/Sub connection is killed, and logins as b's Redis user are refused
+/// until c has announced itself (seen on a subscription of the test's own). b may not take
+/// the room over itself (its user may not run `EXISTS`, where a take-over starts). b must
+/// still register its member with c: on c's first delta, which reaches b on `:out`
+/// (`in_log` false), or on the log entry b's repair reads after its reconnect (`in_log`
+/// true). b's client then gets a `joined` of the new epoch, and its ops are acked.
+fn relay_that_missed_the_new_owner(room: &str, in_log: bool) {
+    let redis = RedisServer::start();
+    relay_user(&redis, &["on", ">relay-pw", "~*", "&*", "+@all", "-exists"]);
+    let mut a = Some(instance(&redis, "a", &[]));
+    let b = instance_url(&relay_url(&redis), "b", &[]);
+    let c = instance(&redis, "c", &[]);
+    let m1 = Member::join(a.as_ref().expect("a").addr(), Enc::Msgpack, room);
+    assert_eq!(owner_of(&redis, room).as_deref(), Some("a"));
+    let mut m2 = Member::join(b.addr(), Enc::Json, room);
+    let mut m3 = Member::join(c.addr(), Enc::Msgpack, room);
+    for _ in 0..5 {
+        write_round(&mut [&mut m2, &mut m3], 2);
+    }
+    m2.settle(Duration::from_secs(10));
+    m3.settle(Duration::from_secs(10));
+    let old_epoch = m2.mirror.epoch;
+    // Connections b has keep working; new ones are refused.
+    relay_user(&redis, &["off"]);
+    assert!(
+        kill_subscribers(&redis, "b") >= 1,
+        "no subscriber connection of b found to kill"
+    );
+    let mut out = RespConn::subscribe(redis.port, &format!("kasagi:{{{room}}}:out"));
+    drop(a.take()); // SIGKILL
+    drop(m1);
+    out.wait_for_message(b"Owner");
+    assert_eq!(owner_of(&redis, room).as_deref(), Some("c"));
+    assert!(!subscribed(&redis, "b"), "b heard the announcement");
+    if in_log {
+        m3.send_inc(1);
+        m3.settle(Duration::from_secs(10));
+    }
+    relay_user(&redis, &["on"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !subscribed(&redis, "b") {
+        assert!(Instant::now() < deadline, "b's subscriber never came back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if !in_log {
+        m3.send_inc(1);
+        m3.settle(Duration::from_secs(10));
+    }
+    m2.reach(m3.mirror.tick);
+    let acked = m2.acked;
+    for _ in 0..3 {
+        m2.send_inc(1);
+    }
+    m2.settle(Duration::from_secs(10));
+    assert_eq!(m2.unavailable, 0, "b's member was never registered with c");
+    assert_eq!(m2.acked, acked + 3);
+    assert!(m2.mirror.epoch > old_epoch);
+    assert!(m2.resyncs >= 1, "no joined of the new epoch");
+    converge(&mut [&mut m2, &mut m3]);
+    assert_eq!(m2.counter(), m2.acked_sum + m3.acked_sum);
+    // From the log in any case when the entry was there before b came back; the delta
+    // usually comes on `:out`, unless the repair after b's reconnect read it first.
+    let log = b.stderr();
+    let from_log = log.contains("the log shows a new owner");
+    assert!(
+        from_log || (!in_log && log.contains("the room has a new owner")),
+        "{log}"
+    );
+    assert!(from_log || !in_log, "{log}");
+    println!(
+        "b missed the announcement of epoch {}; registered from {}: {} resync(s), {} acks, 0 \
+         unavailable, tick {}",
+        m2.mirror.epoch,
+        if from_log {
+            "a repaired log entry"
+        } else {
+            "a delta on :out"
+        },
+        m2.resyncs,
+        m2.acked,
+        m2.mirror.tick
+    );
+}
+
+#[test]
+fn a_relay_that_missed_the_new_owner_registers_on_its_delta() {
+    relay_that_missed_the_new_owner("missed-owner", false);
+}
+
+#[test]
+fn a_relay_that_missed_the_new_owner_registers_from_the_log() {
+    relay_that_missed_the_new_owner("missed-owner-log", true);
+}
+
+/// A relay's first deltas are lost: b's subscriber goes down (killed, and logins as b's
+/// Redis user refused) right after its client joined, before any delta, while the owner
+/// writes. The repair after b's reconnect starts after the tick of the `joined`: b's client
+/// sees every tick (its mirror fails on a gap).
+#[test]
+fn deltas_lost_before_a_relays_first_delta_are_repaired() {
+    let redis = RedisServer::start();
+    relay_user(&redis, &["on", ">relay-pw", "~*", "&*", "+@all"]);
+    let a = instance(&redis, "a", &[]);
+    let b = instance_url(&relay_url(&redis), "b", &[]);
+    let room = "first-deltas";
+    let mut m1 = Member::join(a.addr(), Enc::Msgpack, room);
+    let mut m2 = Member::join(b.addr(), Enc::Json, room);
+    relay_user(&redis, &["off"]);
+    assert!(
+        kill_subscribers(&redis, "b") >= 1,
+        "no subscriber connection of b found to kill"
+    );
+    for _ in 0..5 {
+        m1.send_inc(1);
+    }
+    m1.settle(Duration::from_secs(10));
+    assert!(!subscribed(&redis, "b"), "b heard the deltas");
+    relay_user(&redis, &["on"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !subscribed(&redis, "b") {
+        assert!(Instant::now() < deadline, "b's subscriber never came back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    m1.send_inc(1);
+    m1.settle(Duration::from_secs(10));
+    let top = converge(&mut [&mut m1, &mut m2]);
+    assert_eq!(m2.deltas, top, "every tick reached b's client");
+    assert_eq!(m2.counter(), 6);
+    println!(
+        "b's subscriber down from its client's joined on: {} deltas, ticks 1..={top}",
+        m2.deltas
+    );
 }

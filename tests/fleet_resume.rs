@@ -97,6 +97,37 @@ fn join_eventually(client: &mut Client, room: &str, since: Option<(u64, u64)>) -
     }
 }
 
+/// The first line of the instance's log holding every one of `words`, waited for at most
+/// 5 s (the log is a file the instance writes as it goes).
+fn wait_for_log_line(server: &common::Server, words: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let log = server.stderr();
+        if let Some(line) = log.lines().find(|l| words.iter().all(|w| l.contains(w))) {
+            return without_colors(line);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log line with {words:?}:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `line` without its ANSI color sequences (`ESC [ … m`).
+fn without_colors(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Redis unreachable at start: joins get a clear `unavailable`; when Redis comes up the
 /// same instance serves by itself. Redis dying during a run: ops get `unavailable` (none
 /// is acked without its log entry), and once Redis is back (AOF on) the state is whole.
@@ -112,8 +143,13 @@ fn redis_unavailable_at_start_and_during_a_run() {
     assert_eq!(answer["t"], "error", "{answer}");
     assert_eq!(answer["code"], "unavailable", "{answer}");
     println!("no Redis: {answer}");
+    // Said at the default log level, naming the server, once (not at every attempt).
+    let down = format!("127.0.0.1:{port}");
+    let warning = wait_for_log_line(&a, &["WARN", "cannot connect to Redis", &down]);
+    println!("no Redis, the log says: {warning}");
     let mut redis = RedisServer::start_on(port, true);
     let joined = join_eventually(&mut client, room, None);
+    wait_for_log_line(&a, &["INFO", "Redis reachable again", &down]);
     let mut m = Member::adopt(client, room, &joined);
     for _ in 0..5 {
         m.send_inc(1);

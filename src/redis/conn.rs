@@ -14,13 +14,13 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
 use redis::Value;
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 use super::client::ClientOptions;
 use super::resp::{self, Limits, RespError};
@@ -436,6 +436,7 @@ pub(super) async fn keep_connected<F, Fut>(
     Fut: Future<Output = ()>,
 {
     let mut backoff = Backoff::new(options.backoff_min, options.backoff_max);
+    let mut failures = FailureReport::default();
     let mut connected_before = false;
     loop {
         let attempt = connect(
@@ -447,6 +448,14 @@ pub(super) async fn keep_connected<F, Fut>(
         .await;
         match attempt {
             Ok((stream, reader)) => {
+                if let Some(attempts) = failures.connected() {
+                    info!(
+                        redis = %url.host_port(),
+                        connection = what,
+                        attempts,
+                        "Redis reachable again"
+                    );
+                }
                 backoff.reset();
                 if connected_before {
                     reconnects.set(reconnects.get() + 1);
@@ -454,7 +463,16 @@ pub(super) async fn keep_connected<F, Fut>(
                 session(stream, reader, connected_before).await;
                 connected_before = true;
             }
-            Err(cause) => debug!(redis = %url, %cause, "{what} connect failed"),
+            Err(cause) => match failures.failed(Instant::now()) {
+                Some(attempts) => warn!(
+                    redis = %url.host_port(),
+                    connection = what,
+                    %cause,
+                    attempts,
+                    "cannot connect to Redis; retrying"
+                ),
+                None => debug!(redis = %url.host_port(), %cause, "{what} connect failed"),
+            },
         }
         Timer::new(backoff.next_delay()).await;
     }
@@ -488,6 +506,42 @@ pub(super) async fn serve(
     match outcome {
         Err(cause) => cause,
         Ok(()) => ConnectionError::Closed,
+    }
+}
+
+/// How often a connection that keeps failing is reported again at `warn`.
+const FAILURE_REPORT_EVERY: Duration = Duration::from_secs(30);
+
+/// Which failed connect attempts are worth a warning: the first of a run of failures (an
+/// instance started without Redis says so at once), then one every
+/// [`FAILURE_REPORT_EVERY`], so a long outage does not flood the log at every backoff step.
+#[derive(Debug, Default)]
+pub(super) struct FailureReport {
+    /// Failed attempts since the last successful connect.
+    attempts: u64,
+    /// When the last warning was due.
+    reported_at: Option<Instant>,
+}
+
+impl FailureReport {
+    /// An attempt failed at `now`: `Some(attempts so far)` when it is to be reported.
+    pub(super) fn failed(&mut self, now: Instant) -> Option<u64> {
+        self.attempts += 1;
+        let due = self
+            .reported_at
+            .is_none_or(|at| now.duration_since(at) >= FAILURE_REPORT_EVERY);
+        if due {
+            self.reported_at = Some(now);
+            return Some(self.attempts);
+        }
+        None
+    }
+
+    /// An attempt succeeded: `Some(failed attempts)` when failures were reported before.
+    pub(super) fn connected(&mut self) -> Option<u64> {
+        let reported = self.reported_at.take().map(|_| self.attempts);
+        self.attempts = 0;
+        reported
     }
 }
 
@@ -538,6 +592,36 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connect_failures_are_reported_first_then_every_so_often() {
+        let start = Instant::now();
+        let mut report = FailureReport::default();
+        assert_eq!(report.connected(), None, "nothing failed: nothing to tell");
+        assert_eq!(
+            report.failed(start),
+            Some(1),
+            "the first failure is reported"
+        );
+        let second = Duration::from_secs(1);
+        assert_eq!(report.failed(start + second), None);
+        assert_eq!(report.failed(start + 2 * second), None);
+        assert_eq!(
+            report.failed(start + FAILURE_REPORT_EVERY),
+            Some(4),
+            "again once the period passed, with the count"
+        );
+        assert_eq!(report.failed(start + FAILURE_REPORT_EVERY + second), None);
+        assert_eq!(
+            report.connected(),
+            Some(5),
+            "back: how many attempts failed"
+        );
+        assert_eq!(report.connected(), None);
+        // A new outage is reported at once again.
+        let later = start + 3 * FAILURE_REPORT_EVERY;
+        assert_eq!(report.failed(later), Some(1));
+    }
 
     #[test]
     fn backoff_doubles_to_the_cap_with_jitter() {

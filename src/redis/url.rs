@@ -86,6 +86,17 @@ impl FromStr for RedisUrl {
     }
 }
 
+impl RedisUrl {
+    /// `host:port` (`[host]:port` for an IPv6 address), for logs that name the server.
+    pub fn host_port(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
 /// `redis://user:***@host:port/db`: never the password.
 impl fmt::Display for RedisUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

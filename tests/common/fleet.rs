@@ -164,6 +164,38 @@ impl RespConn {
         self.read()
     }
 
+    /// A connection subscribed to `channel`, to watch what is published on it.
+    pub fn subscribe(port: u16, channel: &str) -> RespConn {
+        let mut conn = RespConn::connect(port).expect("connect to redis-server");
+        let reply = conn.command(&["SUBSCRIBE", channel]).expect("SUBSCRIBE");
+        assert!(
+            matches!(reply, Resp::Array(Some(_))),
+            "SUBSCRIBE: {reply:?}"
+        );
+        conn
+    }
+
+    /// Waits (at most 10 s) for a message published on the subscribed channel whose
+    /// payload holds `needle`; returns the payload.
+    pub fn wait_for_message(&mut self, needle: &[u8]) -> Vec<u8> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "no message holding {:?} was published",
+                String::from_utf8_lossy(needle)
+            );
+            let Ok(Resp::Array(Some(parts))) = self.read() else {
+                continue;
+            };
+            if let [_, _, Resp::Bulk(Some(payload))] = parts.as_slice() {
+                if payload.windows(needle.len()).any(|w| w == needle) {
+                    return payload.clone();
+                }
+            }
+        }
+    }
+
     fn line(&mut self) -> std::io::Result<String> {
         let mut line = String::new();
         self.reader.read_line(&mut line)?;
@@ -260,6 +292,9 @@ pub struct Member {
     pub deltas: u64,
     /// Unasked snapshots (`joined` with `resync: true`).
     pub resyncs: u64,
+    /// A delta came with a newer epoch than the mirror's (a take-over) and no `joined` of
+    /// that epoch yet: the new owner registers every member again, so one must follow.
+    resync_due: Option<u64>,
 }
 
 impl Member {
@@ -285,6 +320,7 @@ impl Member {
             removed: 0,
             deltas: 0,
             resyncs: 0,
+            resync_due: None,
         }
     }
 
@@ -303,6 +339,10 @@ impl Member {
 
     /// Takes a `joined`: the full state, or a resume (the deltas follow).
     pub fn absorb_joined(&mut self, joined: &Value) {
+        let epoch = joined["epoch"].as_u64().expect("joined epoch");
+        if self.resync_due.is_some_and(|due| epoch >= due) {
+            self.resync_due = None;
+        }
         if joined.get("state").is_some() {
             self.mirror.reset(joined);
         } else {
@@ -357,8 +397,18 @@ impl Member {
             Some("delta") => {
                 let epoch = value["epoch"].as_u64().expect("delta epoch");
                 if epoch != self.mirror.epoch {
-                    // A take-over: the history continues, the epoch is new.
+                    // A take-over: the history continues under a new owner, which
+                    // registers this member again and sends it an unasked `joined` of its
+                    // epoch (PROTOCOL.md: an epoch change means a fresh `joined`). Until
+                    // then the deltas still apply: with durable acks every one is logged.
+                    assert!(
+                        epoch > self.mirror.epoch,
+                        "{}: the epoch went back from {}: {value}",
+                        self.client.you(),
+                        self.mirror.epoch
+                    );
                     self.mirror.epoch = epoch;
+                    self.resync_due = Some(epoch);
                 }
                 self.mirror
                     .apply_delta(&value)
@@ -404,10 +454,11 @@ impl Member {
         }
     }
 
-    /// Pumps until every op has its answer, at most `limit`.
+    /// Pumps until every op has its answer and a new owner seen in a delta has sent its
+    /// `joined`, at most `limit`.
     pub fn settle(&mut self, limit: Duration) {
         let deadline = Instant::now() + limit;
-        while !self.pending.is_empty() && Instant::now() < deadline {
+        while (!self.pending.is_empty() || self.resync_due.is_some()) && Instant::now() < deadline {
             self.pump(Duration::from_millis(50));
         }
         assert!(
@@ -415,6 +466,13 @@ impl Member {
             "{}: {} ops unanswered after {limit:?}",
             self.client.you(),
             self.pending.len()
+        );
+        assert_eq!(
+            self.resync_due,
+            None,
+            "{}: deltas of a new epoch came, but no `joined` of it within {limit:?} (never \
+             registered with the new owner)",
+            self.client.you()
         );
     }
 

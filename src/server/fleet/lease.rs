@@ -87,7 +87,10 @@ async fn acquire(shard: Rc<Shard>, room: RoomId, members: Vec<(Origin, String)>,
     debug!(%room, "acquire started");
     // A join waits a little for Redis (just started, reconnecting) before `unavailable`.
     let patience = Instant::now() + fleet.config.relay_timeout;
-    let taken = loop {
+    // The lease runs from when Redis set it, which is after the request left: counting
+    // from the send time keeps the local lease from outlasting the one in Redis.
+    let (taken, sent) = loop {
+        let sent = Instant::now();
         let taken = fleet
             .client
             .eval(
@@ -100,24 +103,21 @@ async fn acquire(shard: Rc<Shard>, room: RoomId, members: Vec<(Origin, String)>,
             Err(Error::Unavailable) if Instant::now() < patience => {
                 glommio::timer::Timer::new(std::time::Duration::from_millis(50)).await;
             }
-            taken => break taken,
+            taken => break (taken, sent),
         }
     };
     debug!(%room, ?taken, "lease attempt");
     match taken {
-        Ok(Value::Int(epoch)) if epoch > 0 => {
-            let started = Instant::now();
-            match load(&shard, &room, epoch as u64).await {
-                Ok((loaded, history)) => {
-                    return become_owner(&shard, room, loaded, history, started, members, ops);
-                }
-                Err(error) => {
-                    warn!(%room, cause = %error, "loading the room failed; giving the lease back");
-                    release(&shard, &room).await;
-                    fail_queued(&shard, &room, members);
-                }
+        Ok(Value::Int(epoch)) if epoch > 0 => match load(&shard, &room, epoch as u64).await {
+            Ok((loaded, history)) => {
+                return become_owner(&shard, room, loaded, history, sent, members, ops);
             }
-        }
+            Err(error) => {
+                warn!(%room, cause = %error, "loading the room failed; giving the lease back");
+                release(&shard, &room).await;
+                fail_queued(&shard, &room, members);
+            }
+        },
         Ok(_) => become_relay(&shard, room.clone(), members).await,
         Err(error) => {
             warn!(%room, cause = %error, "cannot take the room's lease");
@@ -262,7 +262,8 @@ fn become_owner(
     room_id: RoomId,
     room: Room,
     history: History,
-    started: Instant,
+    // When the request that took the lease was sent.
+    lease_sent: Instant,
     members: Vec<(Origin, String)>,
     carried: Carried,
 ) {
@@ -295,7 +296,7 @@ fn become_owner(
     }
     let owned = Owned {
         epoch,
-        lease_until: started + fleet.config.lease_ttl,
+        lease_until: lease_sent + fleet.config.lease_ttl,
         last_snap_tick: tick,
         last_snap_at: Instant::now(),
         history,

@@ -17,7 +17,8 @@
 //! sent again every relay timeout while unanswered, marked as a repeat (the owner applies
 //! a repeat only if it never saw the id). When a new owner announces itself, the log is
 //! read to its end first (final for older epochs): ops it acks are settled, the rest were
-//! never applied and go to the new owner. Joins and leaves without an answer are sent
+//! never applied and go to the new owner. The announcement may be lost like any message:
+//! a delta, a `joined` or a log entry of a newer epoch counts as one. Joins and leaves without an answer are sent
 //! again too.
 //!
 //! Invariants: a local member gets a room's deltas in tick order without gaps or
@@ -61,7 +62,8 @@ pub struct Relay {
     per_shard: Vec<u32>,
     per_proto: [u32; 2],
     epoch: u64,
-    /// The last tick delivered; `None` until the first delta.
+    /// The last tick the members hold: from the first `joined` answer or delta on; `None`
+    /// before, and again after a repair found the log trimmed (until the answers come).
     tick: Option<u64>,
     repairing: bool,
     buffered: VecDeque<OutMsg>,
@@ -274,6 +276,28 @@ impl Relay {
             .filter(|m| !m.answered && m.sent_at.elapsed() >= timeout)
             .map(|m| (m.origin, m.member.clone()))
             .collect()
+    }
+
+    /// The room has an owner newer than any seen: its epoch is remembered, every member's
+    /// join timer restarts (one still unanswered keeps waiting for a first answer, this
+    /// re-registration's or the original's), and the members it did not answer are to be
+    /// registered with it.
+    fn new_owner(&mut self, epoch: u64) -> Vec<(Origin, String)> {
+        self.epoch = epoch;
+        self.members
+            .iter_mut()
+            .for_each(|m| m.sent_at = Instant::now());
+        self.rejoins_for(epoch)
+    }
+
+    /// A message of the owner of `epoch` came: whether it tells of a new owner (a newer
+    /// epoch than one seen before). The first epoch a relay sees is no change: no member
+    /// was answered before it.
+    fn owner_changes(&mut self, epoch: u64) -> bool {
+        if self.epoch == 0 {
+            self.epoch = epoch;
+        }
+        epoch > self.epoch
     }
 
     fn rejoin_all(&self) -> Vec<(Origin, String)> {
@@ -542,7 +566,7 @@ impl Shard {
                 ops,
                 acks,
             } => {
-                let gap_from = {
+                let changes = {
                     let mut rooms = fleet.rooms.borrow_mut();
                     let Some(FleetRoom::Relayed(relay)) = rooms.get_mut(room) else {
                         return;
@@ -550,7 +574,26 @@ impl Shard {
                     if epoch < relay.epoch {
                         return;
                     }
-                    relay.epoch = epoch;
+                    relay.owner_changes(epoch)
+                };
+                // The owner's announcement may have been lost (Pub/Sub is at-most-once):
+                // its delta tells as much.
+                if changes && self.relay_new_owner(room, epoch, "a delta") {
+                    return self.relay_buffer_front(
+                        room,
+                        OutMsg::Delta {
+                            tick,
+                            epoch,
+                            ops,
+                            acks,
+                        },
+                    );
+                }
+                let gap_from = {
+                    let mut rooms = fleet.rooms.borrow_mut();
+                    let Some(FleetRoom::Relayed(relay)) = rooms.get_mut(room) else {
+                        return;
+                    };
                     match relay.tick {
                         Some(last) if tick <= last => return,
                         Some(last) if tick > last + 1 => {
@@ -566,14 +609,15 @@ impl Shard {
                 let Some(from) = gap_from else {
                     return self.relay_deliver_delta(room, tick, epoch, &ops, &acks);
                 };
-                if let Some(FleetRoom::Relayed(relay)) = fleet.rooms.borrow_mut().get_mut(room) {
-                    relay.buffered.push_front(OutMsg::Delta {
+                self.relay_buffer_front(
+                    room,
+                    OutMsg::Delta {
                         tick,
                         epoch,
                         ops,
                         acks,
-                    });
-                }
+                    },
+                );
                 self.spawn_repair(room.clone(), from);
             }
             OutMsg::To {
@@ -592,6 +636,35 @@ impl Shard {
                 if conn.shard >= self.shards {
                     return;
                 }
+                let snapshot = matches!(kind, ToKind::Joined | ToKind::Resync);
+                let changes = match fleet.rooms.borrow_mut().get_mut(room) {
+                    Some(FleetRoom::Relayed(relay)) => {
+                        if kind == ToKind::Joined {
+                            if let Some(m) =
+                                relay.members.iter_mut().find(|m| m.origin.conn == conn)
+                            {
+                                m.answered = true;
+                                m.answered_epoch = m.answered_epoch.max(epoch);
+                            }
+                        }
+                        snapshot && epoch > 0 && relay.owner_changes(epoch)
+                    }
+                    _ => false,
+                };
+                // An answer of an owner whose announcement was lost. When the log is to be
+                // read first, the answer waits behind what it reads: a snapshot must not
+                // come before deltas it already holds.
+                if changes && self.relay_new_owner(room, epoch, "an answer") {
+                    return self.relay_buffer_front(
+                        room,
+                        OutMsg::To {
+                            to,
+                            kind,
+                            frames,
+                            epoch,
+                        },
+                    );
+                }
                 let frames: Vec<bytes::Bytes> = frames
                     .into_iter()
                     .map(|f| bytes::Bytes::from(f.into_vec()))
@@ -599,15 +672,12 @@ impl Shard {
                 {
                     let mut rooms = fleet.rooms.borrow_mut();
                     if let Some(FleetRoom::Relayed(relay)) = rooms.get_mut(room) {
+                        // The first answer is where the members' deltas start: a delta
+                        // lost before the first one comes is found missing against it.
+                        if snapshot && relay.tick.is_none() && epoch == relay.epoch {
+                            relay.tick = frames.first().and_then(|f| frame_u64(f, "tick"));
+                        }
                         match kind {
-                            ToKind::Joined => {
-                                if let Some(m) =
-                                    relay.members.iter_mut().find(|m| m.origin.conn == conn)
-                                {
-                                    m.answered = true;
-                                    m.answered_epoch = m.answered_epoch.max(epoch);
-                                }
-                            }
                             ToKind::Refused => {
                                 relay.remove(conn);
                             }
@@ -680,43 +750,68 @@ impl Shard {
                 }
             }
             OutMsg::Owner { epoch } => {
-                let (rejoins, repair_from, unresolved) = {
-                    let mut rooms = fleet.rooms.borrow_mut();
-                    let Some(FleetRoom::Relayed(relay)) = rooms.get_mut(room) else {
-                        return;
-                    };
-                    if epoch <= relay.epoch {
-                        return;
-                    }
-                    relay.epoch = epoch;
-                    // A member whose join is still unanswered keeps waiting for a first
-                    // answer (this re-registration's, or the original's): only members
-                    // already answered get theirs unasked.
-                    relay
-                        .members
-                        .iter_mut()
-                        .for_each(|m| m.sent_at = Instant::now());
-                    // Ops the old owner logged are acked by its deltas: read the log to
-                    // its end (final for older epochs now), then send the rest again.
-                    let (repair_from, unresolved) = match relay.tick {
-                        Some(last) if !relay.ops.is_empty() => {
-                            relay.resend = true;
-                            relay.repairing = true;
-                            (Some(last + 1), Vec::new())
-                        }
-                        _ => (None, relay.take_ops()),
-                    };
-                    (relay.rejoins_for(epoch), repair_from, unresolved)
-                };
-                info!(%room, epoch, "the room has a new owner: registering our members");
-                self.relay_rejoin(room, rejoins);
-                for (origin, seq, _) in unresolved {
-                    self.answer_unavailable(room, origin, Some(seq), false);
-                }
-                if let Some(from) = repair_from {
-                    self.spawn_repair(room.clone(), from);
-                }
+                self.relay_new_owner(room, epoch, "its announcement");
             }
+        }
+    }
+
+    /// The owner of `epoch` is newer than any the relay knew of, as `seen_in` tells (its
+    /// announcement, or a delta or answer of its own when the announcement was lost): the
+    /// members it did not answer are registered with it, and the ops the old owner left
+    /// unanswered are settled. Returns whether the relay is repairing: what comes meanwhile
+    /// waits, to be handled after the log.
+    fn relay_new_owner(&self, room: &RoomId, epoch: u64, seen_in: &str) -> bool {
+        let Some(fleet) = self.fleet.as_ref() else {
+            return false;
+        };
+        let (rejoins, repair_from, unresolved) = {
+            let mut rooms = fleet.rooms.borrow_mut();
+            let Some(FleetRoom::Relayed(relay)) = rooms.get_mut(room) else {
+                return false;
+            };
+            if epoch <= relay.epoch {
+                return relay.repairing;
+            }
+            let rejoins = relay.new_owner(epoch);
+            // Ops the old owner logged are acked by its deltas: read the log to its end
+            // (final for older epochs now), then send the rest again.
+            let (repair_from, unresolved) = match relay.tick {
+                // A repair under way reads to the end of the log anyway.
+                Some(_) if relay.repairing => {
+                    relay.resend = true;
+                    (None, Vec::new())
+                }
+                Some(last) if !relay.ops.is_empty() => {
+                    relay.resend = true;
+                    relay.repairing = true;
+                    (Some(last + 1), Vec::new())
+                }
+                _ => (None, relay.take_ops()),
+            };
+            (rejoins, repair_from, unresolved)
+        };
+        info!(%room, epoch, seen_in, "the room has a new owner: registering our members");
+        self.relay_rejoin(room, rejoins);
+        for (origin, seq, _) in unresolved {
+            self.answer_unavailable(room, origin, Some(seq), false);
+        }
+        if let Some(from) = repair_from {
+            self.spawn_repair(room.clone(), from);
+        }
+        matches!(
+            fleet.rooms.borrow().get(room),
+            Some(FleetRoom::Relayed(relay)) if relay.repairing
+        )
+    }
+
+    /// Puts a message back to be handled once the repair under way is done, before
+    /// anything that came after it.
+    fn relay_buffer_front(&self, room: &RoomId, msg: OutMsg) {
+        let Some(fleet) = self.fleet.as_ref() else {
+            return;
+        };
+        if let Some(FleetRoom::Relayed(relay)) = fleet.rooms.borrow_mut().get_mut(room) {
+            relay.buffered.push_front(msg);
         }
     }
 
@@ -877,9 +972,14 @@ impl Shard {
     }
 }
 
-/// The `seq` of a framed server message (an `ack` or an `error` answering an op): the
-/// frame is one unmasked WebSocket frame the server made, binary MessagePack or JSON text.
+/// The `seq` of a framed server message (an `ack` or an `error` answering an op).
 fn reply_seq(frame: &[u8]) -> Option<u64> {
+    frame_u64(frame, "seq")
+}
+
+/// A top-level u64 field of a framed server message: the frame is one unmasked WebSocket
+/// frame the server made, binary MessagePack or JSON text.
+fn frame_u64(frame: &[u8], key: &str) -> Option<u64> {
     let start = match frame.get(1)? & 0x7f {
         126 => 4,
         127 => 10,
@@ -888,10 +988,10 @@ fn reply_seq(frame: &[u8]) -> Option<u64> {
     let payload = frame.get(start..)?;
     if frame.first()? & 0x0f == 0x2 {
         let value =
-            crate::protocol::msgpack::decode_value(payload, crate::value::Value::MAX_DEPTH).ok()?;
-        value.as_map()?.get("seq")?.as_u64()
+            crate::protocol::msgpack::decode_value(payload, super::wire::STATE_DEPTH).ok()?;
+        value.as_map()?.get(key)?.as_u64()
     } else {
         let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
-        value.get("seq")?.as_u64()
+        value.get(key)?.as_u64()
     }
 }

@@ -46,6 +46,8 @@ async fn repair(shard: Rc<Shard>, room: RoomId, from: u64) {
     };
     let entries = read_log(fleet, &room, from, None).await;
     let mut rejoin = false;
+    // Members to register with a newer owner the log shows (its announcement was lost).
+    let mut owner_rejoins = None;
     match entries {
         Ok(entries) => {
             if entries.first().is_some_and(|e| e.tick != from) {
@@ -58,12 +60,20 @@ async fn repair(shard: Rc<Shard>, room: RoomId, from: u64) {
                         let Some(FleetRoom::Relayed(relay)) = rooms.get_mut(&room) else {
                             return;
                         };
+                        // The log is one history (an append checks the epoch): an entry
+                        // of an older epoch than the relay saw on `:out` is still the
+                        // next delta, not a stale owner's.
                         let next = relay.tick.map_or(entry.tick, |t| t + 1);
-                        if entry.tick != next || entry.epoch < relay.epoch {
+                        if entry.tick != next {
                             false
                         } else {
+                            if relay.owner_changes(entry.epoch) {
+                                info!(%room, epoch = entry.epoch, "the log shows a new owner");
+                                owner_rejoins = Some(relay.new_owner(entry.epoch));
+                                // What the log does not ack by its end goes to that owner.
+                                relay.resend = true;
+                            }
                             relay.tick = Some(entry.tick);
-                            relay.epoch = entry.epoch;
                             true
                         }
                     };
@@ -94,7 +104,7 @@ async fn repair(shard: Rc<Shard>, room: RoomId, from: u64) {
             relay.tick = None;
             relay.rejoin_all()
         } else {
-            Vec::new()
+            owner_rejoins.unwrap_or_default()
         };
         // What the log did not ack was never logged: send it again, unless the log could
         // not be read (then its fate is unknown).

@@ -120,3 +120,38 @@ fn a_registration_that_could_not_go_out_waits_for_an_answer_again() {
     relay.unanswer(origin(0, 1).conn);
     assert_eq!(relay.unanswered_joins(Duration::ZERO).len(), 1);
 }
+
+#[test]
+fn a_newer_epoch_tells_of_a_new_owner_but_the_first_one_seen_does_not() {
+    let mut relay = Relay::new(1);
+    relay.add(origin(0, 1), "m".into(), true);
+    relay.members[0].answered = true;
+    relay.members[0].answered_epoch = 1;
+    assert!(!relay.owner_changes(1), "the first epoch a relay sees");
+    assert!(!relay.owner_changes(1));
+    assert!(!relay.owner_changes(0), "an older epoch");
+    // A delta of epoch 2 without its owner's announcement: the member goes to it.
+    assert!(relay.owner_changes(2));
+    assert_eq!(relay.new_owner(2).len(), 1);
+    assert!(!relay.owner_changes(2), "known from now on");
+}
+
+#[test]
+fn the_tick_of_a_framed_joined() {
+    let state = crate::value::Value::Map(Default::default());
+    for proto in Subprotocol::ALL {
+        let frame = crate::server::encode::frame(
+            &ServerMessage::Joined {
+                room: "r",
+                tick: 1522,
+                epoch: 3,
+                you: "c1",
+                members: &["c1".to_owned()],
+                state: Some(&state),
+                resync: false,
+            },
+            proto,
+        );
+        assert_eq!(frame_u64(&frame, "tick"), Some(1522), "{proto:?}");
+    }
+}
