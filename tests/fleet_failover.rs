@@ -867,3 +867,145 @@ fn deltas_lost_before_a_relays_first_delta_are_repaired() {
         m2.deltas
     );
 }
+
+/// Every delta a member saw while the test ran: its epoch and when it arrived.
+type Seen = Vec<(u64, Instant)>;
+
+/// Runs `m` on its own thread until `until`: an `inc` every 20 ms (at most 4 waiting),
+/// recording each delta's epoch and arrival, so two members' records share one clock.
+fn write_and_record(mut m: Member, until: Instant) -> std::thread::JoinHandle<(Member, Seen)> {
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut next_send = Instant::now();
+        while Instant::now() < until {
+            // A member the instance removed (unasked `left`) stops writing.
+            if Instant::now() >= next_send && m.pending() < 4 && m.removed == 0 {
+                m.send_inc(1);
+                next_send += Duration::from_millis(20);
+            }
+            let tick = m.mirror.tick;
+            if m.pump(Duration::from_millis(2)) && m.mirror.tick > tick {
+                seen.push((m.mirror.epoch, Instant::now()));
+            }
+        }
+        (m, seen)
+    })
+}
+
+/// Only the owner loses Redis (its user is switched off and its connections killed) while
+/// the other instance keeps it: DESIGN.md's "Redis unreachable" rule. Without durable acks
+/// the owner applies ops in memory as long as its lease may still hold by its own clock,
+/// and its members see them; the other instance takes the room only after the lease lapsed
+/// in Redis. So no delta of the old epoch arrives after the first delta of the new one: two
+/// owners never apply ops at once. When Redis takes the old owner back it steps down, and
+/// everyone converges on the new owner's history.
+#[test]
+fn an_owner_cut_off_from_redis_stops_before_another_takes_over() {
+    let redis = RedisServer::start();
+    relay_user(&redis, &["on", ">relay-pw", "~*", "&*", "+@all"]);
+    let no_durable = ["--durable-acks", "false"];
+    let a = instance_url(&relay_url(&redis), "a", &no_durable);
+    let b = instance(&redis, "b", &no_durable);
+    let room = "cut-off";
+    let mut m1 = Member::join(a.addr(), Enc::Msgpack, room);
+    let mut m2 = Member::join(b.addr(), Enc::Json, room);
+    for _ in 0..5 {
+        write_round(&mut [&mut m1, &mut m2], 4);
+    }
+    m1.settle(Duration::from_secs(10));
+    m2.settle(Duration::from_secs(10));
+    assert_eq!(owner_of(&redis, room).as_deref(), Some("a"));
+    let old_epoch = m1.mirror.epoch;
+
+    let cut = Instant::now();
+    relay_user(&redis, &["off"]);
+    redis.command(&["CLIENT", "KILL", "USER", "relay"]);
+    // Lease 1 s: b takes over within about 1.4 s of a's last renewal; 4 s covers it.
+    let until = cut + Duration::from_secs(4);
+    let (t1, t2) = (write_and_record(m1, until), write_and_record(m2, until));
+    let (mut m1, seen1) = t1.join().expect("a's member");
+    let (mut m2, seen2) = t2.join().expect("b's member");
+    let seen: Vec<_> = seen1.iter().chain(&seen2).collect();
+    let last_old = seen
+        .iter()
+        .filter(|(e, _)| *e == old_epoch)
+        .map(|(_, at)| *at)
+        .max();
+    let first_new = seen
+        .iter()
+        .filter(|(e, _)| *e > old_epoch)
+        .map(|(_, at)| *at)
+        .min()
+        .expect("no delta of a new owner within 4 s of the cut");
+    assert_eq!(owner_of(&redis, room).as_deref(), Some("b"));
+    if let Some(last_old) = last_old {
+        assert!(
+            last_old < first_new,
+            "a delta of epoch {old_epoch} came {:?} after the new owner's first",
+            last_old - first_new
+        );
+    }
+    let old_after_cut = seen1.iter().filter(|(e, _)| *e == old_epoch).count();
+
+    // a gets Redis back. If it stepped down while cut off, its member was removed (unasked
+    // `left`) and joins again; otherwise a finds the new epoch, steps down and registers
+    // its member with b.
+    relay_user(&redis, &["on"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    if m1.removed > 0 {
+        m1.abandon_pending();
+        loop {
+            assert!(Instant::now() < deadline, "a's member could not join again");
+            let request = serde_json::json!({"t": "join", "room": room,
+                "since": m1.mirror.tick, "epoch": m1.mirror.epoch});
+            m1.client.send(request);
+            let (answer, _) = m1
+                .client
+                .recv_until(|v| v["t"] == "joined" || v["t"] == "error");
+            if answer["t"] == "joined" {
+                m1.absorb_joined(&answer);
+                break;
+            }
+            assert_eq!(answer["code"], "unavailable", "{answer}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    while m1.mirror.epoch == old_epoch {
+        assert!(
+            Instant::now() < deadline,
+            "a's member never moved to the new owner"
+        );
+        m1.pump(Duration::from_millis(50));
+    }
+    let mut acked = 0;
+    while acked < 3 {
+        assert!(Instant::now() < deadline, "a's member is not served again");
+        let before = m1.acked;
+        m1.send_inc(1);
+        m1.settle(Duration::from_secs(10));
+        acked += m1.acked - before;
+    }
+    m2.settle(Duration::from_secs(10));
+    let top = converge(&mut [&mut m1, &mut m2]);
+    let epochs = log_epochs(&redis, room);
+    for pair in epochs.windows(2) {
+        assert_eq!(
+            pair[1].0,
+            pair[0].0 + 1,
+            "log ticks consecutive: {epochs:?}"
+        );
+        assert!(
+            pair[1].1 >= pair[0].1,
+            "log epochs never go down: {epochs:?}"
+        );
+    }
+    println!(
+        "owner a cut off from Redis: {old_after_cut} deltas of epoch {old_epoch} on a, the \
+         last {:?} after the cut; a's member removed {} time(s); b's first delta of epoch {} \
+         {:?} after the cut; converged at tick {top}",
+        last_old.map(|t| t - cut),
+        m1.removed,
+        m2.mirror.epoch,
+        first_new - cut
+    );
+}
