@@ -181,7 +181,11 @@ fn owner_killed_while_clients_write() {
         "owner killed after {before_kill} acked; new owner {owner:?} served after {served:?} \
          (lease 1s); acked {acked}, unknown fate {unknown}, counter {counter}, tick {top}"
     );
-    assert!(served < Duration::from_secs(4), "took over in {served:?}");
+    // DESIGN.md's recovery bound: lease ttl (1 s here) + 2 s.
+    assert!(
+        served < Duration::from_secs(3),
+        "took over in {served:?}, past the lease ttl + 2 s"
+    );
 }
 
 /// The subscriber connection of a relaying instance is killed during writes, and stays
