@@ -5,7 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::fleet::{converge, instance, instance_url, Member, RedisServer, Resp, RespConn};
+use common::fleet::{
+    converge, instance, instance_url, log_epochs, owner_of, Member, RedisServer, Resp, RespConn,
+};
 use common::Enc;
 
 /// Kills an instance's pub/sub connections (found in `CLIENT LIST` by the client name);
@@ -56,41 +58,6 @@ fn relay_user(redis: &RedisServer, rules: &[&str]) {
 
 fn relay_url(redis: &RedisServer) -> String {
     format!("redis://relay:relay-pw@127.0.0.1:{}", redis.port)
-}
-
-fn owner_of(redis: &RedisServer, room: &str) -> Option<String> {
-    redis
-        .command(&["GET", &format!("kasagi:{{{room}}}:owner")])
-        .as_text()
-}
-
-/// Epochs of the log entries in tick order: never going down (one history).
-fn log_epochs(redis: &RedisServer, room: &str) -> Vec<(u64, u64)> {
-    let Resp::Array(Some(entries)) =
-        redis.command(&["XRANGE", &format!("kasagi:{{{room}}}:log"), "-", "+"])
-    else {
-        return Vec::new();
-    };
-    entries
-        .iter()
-        .filter_map(|entry| {
-            let Resp::Array(Some(parts)) = entry else {
-                return None;
-            };
-            let id = parts.first()?.as_text()?;
-            let tick = id.split('-').next()?.parse().ok()?;
-            let Resp::Array(Some(fields)) = parts.get(1)? else {
-                return None;
-            };
-            let epoch = fields
-                .chunks(2)
-                .find(|kv| kv[0].as_text().as_deref() == Some("e"))?[1]
-                .as_text()?
-                .parse()
-                .ok()?;
-            Some((tick, epoch))
-        })
-        .collect()
 }
 
 fn write_round(members: &mut [&mut Member], window: usize) {
