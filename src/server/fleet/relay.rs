@@ -22,7 +22,7 @@
 //! again too.
 //!
 //! Invariants: a local member gets a room's deltas in tick order without gaps or
-//! repeats; deltas of an older epoch than one already seen are dropped; an op is applied at
+//! repeats; deltas and answers of an older epoch than one already seen are dropped; an op is applied at
 //! most once, and a client gets `unavailable` only when its op's fate cannot be told.
 
 use std::collections::{HashMap, VecDeque};
@@ -30,7 +30,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use serde_bytes::ByteBuf;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::super::metrics::ShardMetrics;
 use super::super::shard::{ConnRef, Frames, MeshMsg, Origin, Shard};
@@ -298,6 +298,12 @@ impl Relay {
             self.epoch = epoch;
         }
         epoch > self.epoch
+    }
+
+    /// An answer of the owner of `epoch` comes from an owner older than one already seen
+    /// (0: from an instance that does not say).
+    fn superseded(&self, epoch: u64) -> bool {
+        epoch > 0 && epoch < self.epoch
     }
 
     fn rejoin_all(&self) -> Vec<(Origin, String)> {
@@ -639,6 +645,12 @@ impl Shard {
                 let snapshot = matches!(kind, ToKind::Joined | ToKind::Resync);
                 let changes = match fleet.rooms.borrow_mut().get_mut(room) {
                     Some(FleetRoom::Relayed(relay)) => {
+                        if relay.superseded(epoch) {
+                            // A stale owner's: the member is (or will be) registered with
+                            // the newer one, and its ops sent to it.
+                            debug!(%room, epoch, known = relay.epoch, ?kind, "an answer of an older owner dropped");
+                            return;
+                        }
                         if kind == ToKind::Joined {
                             if let Some(m) =
                                 relay.members.iter_mut().find(|m| m.origin.conn == conn)

@@ -155,3 +155,19 @@ fn the_tick_of_a_framed_joined() {
         assert_eq!(frame_u64(&frame, "tick"), Some(1522), "{proto:?}");
     }
 }
+
+#[test]
+fn answers_of_an_older_owner_than_one_seen_are_superseded() {
+    let mut relay = Relay::new(1);
+    assert!(!relay.superseded(1), "no owner seen yet");
+    assert!(!relay.owner_changes(1));
+    assert!(relay.owner_changes(2), "a delta of a new owner");
+    relay.new_owner(2);
+    assert!(relay.superseded(1), "the stale owner's answers");
+    assert!(!relay.superseded(2));
+    assert!(!relay.superseded(3));
+    assert!(
+        !relay.superseded(0),
+        "an instance that does not say its epoch"
+    );
+}
