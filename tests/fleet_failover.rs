@@ -5,7 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::fleet::{converge, instance, instance_url, Member, RedisServer, Resp, RespConn};
+use common::fleet::{
+    converge, instance, instance_url, log_epochs, owner_of, Member, RedisServer, Resp, RespConn,
+};
 use common::Enc;
 
 /// Kills an instance's pub/sub connections (found in `CLIENT LIST` by the client name);
@@ -56,41 +58,6 @@ fn relay_user(redis: &RedisServer, rules: &[&str]) {
 
 fn relay_url(redis: &RedisServer) -> String {
     format!("redis://relay:relay-pw@127.0.0.1:{}", redis.port)
-}
-
-fn owner_of(redis: &RedisServer, room: &str) -> Option<String> {
-    redis
-        .command(&["GET", &format!("kasagi:{{{room}}}:owner")])
-        .as_text()
-}
-
-/// Epochs of the log entries in tick order: never going down (one history).
-fn log_epochs(redis: &RedisServer, room: &str) -> Vec<(u64, u64)> {
-    let Resp::Array(Some(entries)) =
-        redis.command(&["XRANGE", &format!("kasagi:{{{room}}}:log"), "-", "+"])
-    else {
-        return Vec::new();
-    };
-    entries
-        .iter()
-        .filter_map(|entry| {
-            let Resp::Array(Some(parts)) = entry else {
-                return None;
-            };
-            let id = parts.first()?.as_text()?;
-            let tick = id.split('-').next()?.parse().ok()?;
-            let Resp::Array(Some(fields)) = parts.get(1)? else {
-                return None;
-            };
-            let epoch = fields
-                .chunks(2)
-                .find(|kv| kv[0].as_text().as_deref() == Some("e"))?[1]
-                .as_text()?
-                .parse()
-                .ok()?;
-            Some((tick, epoch))
-        })
-        .collect()
 }
 
 fn write_round(members: &mut [&mut Member], window: usize) {
@@ -1011,5 +978,90 @@ fn an_owner_cut_off_from_redis_stops_before_another_takes_over() {
         m1.removed,
         m2.mirror.epoch,
         first_new - cut
+    );
+}
+
+/// A relay's subscriber is down while the owner writes past its snapshots, and the log is
+/// trimmed behind them (a snapshot every 2 ticks, a resume window of 1): the repair after
+/// b's reconnect finds the missed ticks gone and registers b's client again for a full
+/// `joined`. Another client of the owner floods it with ops from a thread meanwhile, so
+/// the owner makes a delta nearly every turn and some reach b between its repair and that
+/// `joined`: they are not delivered to b's client (its mirror fails on a tick gap), and it
+/// ends with everyone's state.
+#[test]
+fn deltas_before_the_snapshot_after_a_trimmed_log_are_not_delivered() {
+    let redis = RedisServer::start();
+    relay_user(&redis, &["on", ">relay-pw", "~*", "&*", "+@all"]);
+    let a = instance(
+        &redis,
+        "a",
+        &[
+            "--snapshot-every-ticks",
+            "2",
+            "--resume-window",
+            "1",
+            "--rate-limit",
+            "1000000",
+            "--rate-burst",
+            "1000000",
+        ],
+    );
+    let b = instance_url(&relay_url(&redis), "b", &[]);
+    let room = "trimmed-gap";
+    let mut m1 = Member::join(a.addr(), Enc::Msgpack, room);
+    let mut m2 = Member::join(b.addr(), Enc::Json, room);
+    relay_user(&redis, &["off"]);
+    assert!(
+        kill_subscribers(&redis, "b") >= 1,
+        "no subscriber connection of b found to kill"
+    );
+    for _ in 0..10 {
+        m1.send_inc(1);
+        m1.settle(Duration::from_secs(10));
+    }
+    assert!(!subscribed(&redis, "b"), "b heard the deltas");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let (addr, stop) = (a.addr(), stop.clone());
+        let room = room.to_owned();
+        std::thread::spawn(move || {
+            let mut client = common::Client::connect(addr, Enc::Msgpack);
+            client.join(&room);
+            let mut seq = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                seq += 1;
+                let op = serde_json::json!({"t": "op", "room": room, "seq": seq,
+                    "ops": [["inc", ["flood"], 1]]});
+                if client.try_send_message(Enc::Msgpack.message(&op)).is_err() {
+                    break;
+                }
+            }
+            seq
+        })
+    };
+    relay_user(&redis, &["on"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while m2.resyncs == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "b's client never got a full joined"
+        );
+        m2.pump(Duration::from_millis(10));
+    }
+    let resynced_at = m2.mirror.tick;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let flooded = flood.join().expect("the flood thread");
+    m2.send_inc(1);
+    m2.settle(Duration::from_secs(10));
+    m1.settle(Duration::from_secs(10));
+    let top = converge(&mut [&mut m1, &mut m2]);
+    assert_eq!(m2.counter(), m1.acked_sum + m2.acked_sum);
+    assert!(
+        b.stderr().contains("the log no longer holds the gap"),
+        "the repair did not find the log trimmed"
+    );
+    println!(
+        "b's client resynced at tick {resynced_at} ({flooded} ops flooded meanwhile), \
+         converged at tick {top}"
     );
 }

@@ -98,6 +98,17 @@ impl RoomHost {
             })
     }
 
+    /// A member's origin and id.
+    pub(super) fn member(&self, conn: ConnRef) -> Option<(Origin, &str)> {
+        self.members.get(&conn).map(|m| {
+            let origin = Origin {
+                conn,
+                proto: m.proto,
+            };
+            (origin, m.id.as_str())
+        })
+    }
+
     pub(super) fn has_member(&self, conn: ConnRef) -> bool {
         self.members.contains_key(&conn)
     }

@@ -121,6 +121,10 @@ pub enum MeshMsg {
     },
     /// A reply (ack, error) for one connection.
     ToConn { conn: ConnId, frame: Bytes },
+    /// A relay found the log trimmed past what its members hold: a full `joined` is on its
+    /// way to the connection, and the room's deltas before it are dropped (the snapshot
+    /// supersedes them; delivered, they would show the client a tick gap).
+    AwaitSnapshot { room: RoomId, conn: ConnId },
 }
 
 /// Whether a member's copy of a room follows the deltas.
@@ -457,6 +461,14 @@ impl Shard {
                 if let Some(conn) = self.conns.borrow().get(&conn) {
                     conn.out.borrow_mut().push_control(frame);
                     ShardMetrics::add(&self.metrics().messages_out, 1);
+                }
+            }
+            MeshMsg::AwaitSnapshot { room, conn } => {
+                if let Some(conn) = self.conns.borrow().get(&conn) {
+                    if let Some(entry) = conn.rooms.borrow_mut().get_mut(&room) {
+                        entry.sync = Sync::Resyncing;
+                        conn.unsynced.set(true);
+                    }
                 }
             }
         }

@@ -154,13 +154,23 @@ impl RespConn {
     }
 
     pub fn command(&mut self, args: &[&str]) -> std::io::Result<Resp> {
+        self.send(args)?;
+        self.read()
+    }
+
+    /// Sends a command without waiting for its reply (read it with [`RespConn::reply`]).
+    pub fn send(&mut self, args: &[&str]) -> std::io::Result<()> {
         let mut out = format!("*{}\r\n", args.len()).into_bytes();
         for arg in args {
             out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
             out.extend_from_slice(arg.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        self.reader.get_mut().write_all(&out)?;
+        self.reader.get_mut().write_all(&out)
+    }
+
+    /// The reply to the oldest command sent and not read yet.
+    pub fn reply(&mut self) -> std::io::Result<Resp> {
         self.read()
     }
 
@@ -239,6 +249,42 @@ impl RespConn {
             _ => return Err(bad()),
         })
     }
+}
+
+/// The instance holding `room`'s lease, if any.
+pub fn owner_of(redis: &RedisServer, room: &str) -> Option<String> {
+    redis
+        .command(&["GET", &format!("kasagi:{{{room}}}:owner")])
+        .as_text()
+}
+
+/// Epochs of the log entries in tick order: never going down (one history).
+pub fn log_epochs(redis: &RedisServer, room: &str) -> Vec<(u64, u64)> {
+    let Resp::Array(Some(entries)) =
+        redis.command(&["XRANGE", &format!("kasagi:{{{room}}}:log"), "-", "+"])
+    else {
+        return Vec::new();
+    };
+    entries
+        .iter()
+        .filter_map(|entry| {
+            let Resp::Array(Some(parts)) = entry else {
+                return None;
+            };
+            let id = parts.first()?.as_text()?;
+            let tick = id.split('-').next()?.parse().ok()?;
+            let Resp::Array(Some(fields)) = parts.get(1)? else {
+                return None;
+            };
+            let epoch = fields
+                .chunks(2)
+                .find(|kv| kv[0].as_text().as_deref() == Some("e"))?[1]
+                .as_text()?
+                .parse()
+                .ok()?;
+            Some((tick, epoch))
+        })
+        .collect()
 }
 
 /// Starts `kasagi serve --redis URL --instance-id NAME --lease-ttl 1s ARGS…`.

@@ -409,7 +409,25 @@ async fn become_relay(shard: &Rc<Shard>, room: RoomId, members: Vec<(Origin, Str
         });
     }
     for msg in queued {
+        // Relayed to us by another instance while we loaded or stepped down: its relay
+        // sends it again to the owner. Relayed on from here it would be answered as a
+        // request of a member of ours, which it is not (`not_joined`).
+        if request_origin(&msg).is_some_and(|o| o.conn.shard >= shard.shards) {
+            debug!(%room, "a request another instance relayed to us dropped: not the owner");
+            continue;
+        }
         shard.relay_request(msg);
+    }
+}
+
+fn request_origin(msg: &MeshMsg) -> Option<Origin> {
+    match msg {
+        MeshMsg::Join { origin, .. }
+        | MeshMsg::Leave { origin, .. }
+        | MeshMsg::Op { origin, .. }
+        | MeshMsg::Msg { origin, .. }
+        | MeshMsg::Resync { origin, .. } => Some(*origin),
+        _ => None,
     }
 }
 

@@ -10,18 +10,23 @@
 //! a new epoch) loads whatever the log holds, every member gets a fresh `joined`, and ops
 //! waiting for an ack get `unavailable` (their fate is told by the state of that `joined`).
 //! An append refused by the script (another epoch, a gap) steps down at once.
+//!
+//! Answers for other instances' members are not held here: they go to Redis at once,
+//! behind the appends they follow on the same ordered connection, by a script that
+//! publishes them only if the log holds their tick ([`PUBLISH_LOGGED`]). Holding them
+//! instead would publish a `joined` after deltas queued later, which its member then misses.
 
 use std::rc::Rc;
 use std::time::Instant;
 
 use redis::Value;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::super::encode;
 use super::super::metrics::ShardMetrics;
 use super::super::owner::{Reply, RoomHost};
-use super::super::shard::{Frames, MeshMsg, Origin, Shard};
-use super::wire::{self, AckTo, Keys, OutMsg};
+use super::super::shard::{ConnRef, Frames, MeshMsg, Origin, Shard};
+use super::wire::{self, AckTo, Keys, OutMsg, ToKind};
 use super::writer::Job;
 use super::{lease, Fleet, FleetRoom};
 use crate::protocol::{DeltaOp, RoomId, ServerMessage, Subprotocol};
@@ -64,6 +69,20 @@ if #last == 0 or tonumber(string.match(last[1][1], '^(%d+)-')) ~= tonumber(ARGV[
 end
 redis.call('HSET', KEYS[2], 'state', ARGV[2], 'tick', ARGV[3], 'epoch', ARGV[1])
 redis.call('XTRIM', KEYS[3], 'MINID', ARGV[4])
+return 1
+";
+
+/// KEYS epoch, log, out; ARGV epoch, tick, payload. Publishes an answer for another
+/// instance's member only while the epoch is ours and the log reaches `tick` (the answer
+/// shows the state at that tick): 1 published, 0 dropped. Queued right behind the appends
+/// of the ticks it follows, so it runs after them: their failure drops it.
+const PUBLISH_LOGGED: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+if #last == 0 or tonumber(string.match(last[1][1], '^(%d+)-')) < tonumber(ARGV[2]) then
+  return 0
+end
+redis.call('PUBLISH', KEYS[3], ARGV[3])
 return 1
 ";
 
@@ -253,7 +272,7 @@ impl Shard {
             );
         }
         for (conn, frame) in after {
-            self.send(remote, MeshMsg::ToConn { conn, frame });
+            self.fleet_send_remote_after(MeshMsg::ToConn { conn, frame }, durable.then_some(tick));
         }
         self.maybe_snapshot(fleet, host, now);
     }
@@ -291,13 +310,18 @@ impl Shard {
         fleet.writer.push(cmd, Job::Fire);
     }
 
-    /// Sends now, or after the appends in flight when the room has some (local members
-    /// only: other instances get everything through Redis, in order already).
+    /// Sends now, or after the appends in flight when the room has some. Local members'
+    /// outputs wait here; other instances' go to Redis at once, in order behind those
+    /// appends, and an answer addressed to one of them is published only if they succeed.
     pub(in super::super) fn host_send(&self, host: &mut RoomHost, dst: usize, msg: MeshMsg) {
         let durable = self.fleet.as_ref().is_some_and(|f| f.config.durable_acks);
-        if dst < self.shards && durable {
+        if durable {
             if let Some(&(tick, _)) = host.held.in_flight.back() {
-                host.held.queue.push_back((tick, dst, msg));
+                if dst < self.shards {
+                    host.held.queue.push_back((tick, dst, msg));
+                } else {
+                    self.fleet_send_remote_after(msg, Some(tick));
+                }
                 return;
             }
         }
@@ -322,6 +346,11 @@ impl Shard {
                     self.relay_failed(&room, origin, request);
                 }
             }
+            Job::Answer { room, conn, kind } => match reply {
+                Ok(Value::Int(0)) => self.answer_dropped(&room, conn, kind),
+                Ok(_) => {}
+                Err(error) => warn!(%room, cause = %error, "publishing an answer failed"),
+            },
             Job::Fire => {
                 if let Err(error) = reply {
                     warn!(cause = %error, "a Redis write failed");
@@ -432,7 +461,90 @@ pub fn ack_frame(room: &RoomId, ack: &AckTo, tick: u64) -> bytes::Bytes {
     )
 }
 
+impl super::Fleet {
+    /// Queues `msg` for `:out`, published only if the log holds `tick` of `epoch` by then.
+    pub(super) fn publish_logged(
+        &self,
+        room: &RoomId,
+        epoch: u64,
+        tick: u64,
+        conn: u64,
+        kind: ToKind,
+        msg: &OutMsg,
+    ) {
+        let keys = Keys::of(room);
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(PUBLISH_LOGGED)
+            .arg(3)
+            .arg(&keys.epoch)
+            .arg(&keys.log)
+            .arg(&keys.output)
+            .arg(epoch)
+            .arg(tick)
+            .arg(wire::encode(msg));
+        self.writer.push(
+            cmd,
+            Job::Answer {
+                room: room.clone(),
+                conn,
+                kind,
+            },
+        );
+    }
+}
+
 impl Shard {
+    /// An answer for another instance's member was dropped: the log did not hold its tick.
+    /// Either this owner is stale (its append failed, it steps down, and the member is
+    /// registered with the new owner), or an append is being sent again after a lost reply
+    /// (the room is still ours): then a snapshot the member waits for is made again once
+    /// the appends in flight are in the log. Other answers are asked for again by the
+    /// relay (a join or leave resent, an op resent as a repeat, or given up).
+    fn answer_dropped(&self, room: &RoomId, conn: u64, kind: ToKind) {
+        debug!(%room, ?kind, "an answer for another instance was dropped: the log lacks its tick");
+        let again = match self.rooms.borrow().get(room) {
+            Some(host) => {
+                let conn = ConnRef {
+                    shard: self.remote_shard(),
+                    id: conn,
+                };
+                host.member(conn).map(|(origin, member)| match kind {
+                    ToKind::Joined => MeshMsg::Join {
+                        room: room.clone(),
+                        origin,
+                        member: member.to_owned(),
+                        since: None,
+                        epoch: None,
+                    },
+                    _ => MeshMsg::Resync {
+                        room: room.clone(),
+                        origin,
+                    },
+                })
+            }
+            None => None,
+        };
+        let owned = self
+            .fleet
+            .as_ref()
+            .is_some_and(|f| matches!(f.rooms.borrow().get(room), Some(FleetRoom::Owned(_))));
+        let Some(msg) = again.filter(|_| owned && matches!(kind, ToKind::Joined | ToKind::Resync))
+        else {
+            return;
+        };
+        // Made again behind the appends in flight (through this shard's own queue), so
+        // the new snapshot's tick is in the log before it is published.
+        let mut rooms = self.rooms.borrow_mut();
+        if let Some(host) = rooms.get_mut(room) {
+            if let Some(&(tick, _)) = host.held.in_flight.back() {
+                host.held.queue.push_back((tick, self.id, msg));
+                return;
+            }
+        }
+        drop(rooms);
+        self.handle(self.id, msg);
+    }
+
     /// A `since` of an earlier epoch (before a take-over): the deltas after it, when the
     /// log this owner loaded shows tick `since` written in `epoch` and the ring still holds
     /// everything since the load.

@@ -31,7 +31,9 @@
 //!   still valid by the local clock (last successful renewal + ttl); past that, ops get
 //!   `unavailable` until the lease is renewed.
 //! - A delta reaches a client only after its append succeeded (durable acks on), so every
-//!   client's copy is a prefix of the log, and an acked op is in the log.
+//!   client's copy is a prefix of the log, and an acked op is in the log. The same holds
+//!   for answers to other instances' members: published behind the appends, by a script
+//!   that drops them unless the log holds their tick in the owner's epoch.
 //! - Appends of one room leave in tick order on one connection, and each append checks
 //!   that the log ends at the tick before it: the log never has a gap.
 //! - The fleet side of a shard is started before its mesh inbox: a request from another
@@ -369,6 +371,16 @@ impl Shard {
 
     /// Something a host sends to a member of another instance: published on `:out`.
     pub(super) fn fleet_send_remote(&self, msg: MeshMsg) {
+        self.fleet_send_remote_after(msg, None);
+    }
+
+    /// As [`Shard::fleet_send_remote`]; with `logged` `Some(tick)`, an answer addressed to
+    /// one connection (a `joined` above all: it carries the state at `tick`) is published
+    /// only if the log holds `tick` of this owner's history when Redis runs the publish,
+    /// right behind the appends queued before it. A stale owner's answer, whose appends
+    /// failed their epoch check, is dropped there: every client's copy stays a prefix of
+    /// the log (a dropped answer is asked for again, see [`Shard::answer_dropped`]).
+    pub(super) fn fleet_send_remote_after(&self, msg: MeshMsg, logged: Option<u64>) {
         let Some(fleet) = self.fleet.as_ref() else {
             return;
         };
@@ -414,15 +426,16 @@ impl Shard {
         };
         let frames = frames.iter().map(wire::bytes_of).collect();
         let epoch = fleet.owned_epoch(&room).unwrap_or(0);
-        fleet.publish_out(
-            &room,
-            &OutMsg::To {
-                to,
-                kind,
-                frames,
-                epoch,
-            },
-        );
+        let msg = OutMsg::To {
+            to,
+            kind,
+            frames,
+            epoch,
+        };
+        match logged {
+            Some(tick) => fleet.publish_logged(&room, epoch, tick, conn, kind, &msg),
+            None => fleet.publish_out(&room, &msg),
+        }
     }
 
     fn fleet_event(&self, event: SubscriberEvent) {
@@ -531,8 +544,12 @@ impl Shard {
                                 },
                                 proto,
                             );
-                            return self
-                                .send(self.remote_shard(), MeshMsg::ToConn { conn: id, frame });
+                            // The tick may still be on its way to the log.
+                            let logged = fleet.config.durable_acks.then_some(tick);
+                            return self.fleet_send_remote_after(
+                                MeshMsg::ToConn { conn: id, frame },
+                                logged,
+                            );
                         }
                         _ if !lapsed => owned.recent.note(key, None),
                         _ => {}

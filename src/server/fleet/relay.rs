@@ -10,7 +10,8 @@
 //! reconnect of the subscriber, makes the relay read the missing deltas from the log
 //! (`XRANGE`) before it delivers anything else; everything arriving meanwhile waits in
 //! order. When the log no longer holds them (trimmed), every local member is registered
-//! again and gets a full `joined`.
+//! again and gets a full `joined`; until it comes, its shard drops the room's deltas for
+//! it (the snapshot supersedes them) and its acks wait here.
 //!
 //! Request ids: an op is relayed with its id (this instance, shard, connection, `seq`)
 //! and kept until an answer names it (an ack riding a delta, an addressed reply). It is
@@ -22,7 +23,7 @@
 //! again too.
 //!
 //! Invariants: a local member gets a room's deltas in tick order without gaps or
-//! repeats; deltas of an older epoch than one already seen are dropped; an op is applied at
+//! repeats; deltas and answers of an older epoch than one already seen are dropped; an op is applied at
 //! most once, and a client gets `unavailable` only when its op's fate cannot be told.
 
 use std::collections::{HashMap, VecDeque};
@@ -30,7 +31,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use serde_bytes::ByteBuf;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::super::metrics::ShardMetrics;
 use super::super::shard::{ConnRef, Frames, MeshMsg, Origin, Shard};
@@ -75,6 +76,10 @@ pub struct Relay {
     resend: bool,
     /// Leaves a client asked for, not answered yet: when sent, and whether sent again.
     leaves: HashMap<ConnRef, (Origin, Instant, bool)>,
+    /// Members registered again after a repair found the log trimmed, until their full
+    /// `joined` comes: their shards drop the room's deltas meanwhile, and the acks for them
+    /// wait here (an ack must not come before the state that holds its op).
+    awaiting: HashMap<ConnRef, Vec<bytes::Bytes>>,
 }
 
 /// A relayed op waiting for its answer, kept to be sent again to a new owner.
@@ -105,6 +110,7 @@ impl Relay {
             ops: HashMap::new(),
             resend: false,
             leaves: HashMap::new(),
+            awaiting: HashMap::new(),
         }
     }
 
@@ -207,6 +213,7 @@ impl Relay {
             return false;
         };
         let m = self.members.remove(i);
+        self.awaiting.remove(&conn);
         self.per_shard[conn.shard] -= 1;
         self.per_proto[m.origin.proto.index()] -= 1;
         true
@@ -298,6 +305,41 @@ impl Relay {
             self.epoch = epoch;
         }
         epoch > self.epoch
+    }
+
+    /// An answer of the owner of `epoch` comes from an owner older than one already seen
+    /// (0: from an instance that does not say).
+    fn superseded(&self, epoch: u64) -> bool {
+        epoch > 0 && epoch < self.epoch
+    }
+
+    /// The log no longer holds what the members miss: every member is to get a full
+    /// `joined` (a lost one is asked for again after the relay timeout). Returns them.
+    fn await_snapshots(&mut self) -> Vec<(Origin, String)> {
+        self.tick = None;
+        let now = Instant::now();
+        for m in &mut self.members {
+            m.answered = false;
+            m.sent_at = now;
+            self.awaiting.entry(m.origin.conn).or_default();
+        }
+        self.rejoin_all()
+    }
+
+    /// An ack for `conn`: back to be sent now, or `None` when held until its snapshot.
+    fn hold_ack(&mut self, conn: ConnRef, frame: bytes::Bytes) -> Option<bytes::Bytes> {
+        match self.awaiting.get_mut(&conn) {
+            Some(held) => {
+                held.push(frame);
+                None
+            }
+            None => Some(frame),
+        }
+    }
+
+    /// A full `joined` reached `conn`: the acks held for it, to follow it.
+    fn snapshot_came(&mut self, conn: ConnRef) -> Vec<bytes::Bytes> {
+        self.awaiting.remove(&conn).unwrap_or_default()
     }
 
     fn rejoin_all(&self) -> Vec<(Origin, String)> {
@@ -639,6 +681,12 @@ impl Shard {
                 let snapshot = matches!(kind, ToKind::Joined | ToKind::Resync);
                 let changes = match fleet.rooms.borrow_mut().get_mut(room) {
                     Some(FleetRoom::Relayed(relay)) => {
+                        if relay.superseded(epoch) {
+                            // A stale owner's: the member is (or will be) registered with
+                            // the newer one, and its ops sent to it.
+                            debug!(%room, epoch, known = relay.epoch, ?kind, "an answer of an older owner dropped");
+                            return;
+                        }
                         if kind == ToKind::Joined {
                             if let Some(m) =
                                 relay.members.iter_mut().find(|m| m.origin.conn == conn)
@@ -669,9 +717,13 @@ impl Shard {
                     .into_iter()
                     .map(|f| bytes::Bytes::from(f.into_vec()))
                     .collect();
+                let mut held_acks = Vec::new();
                 {
                     let mut rooms = fleet.rooms.borrow_mut();
                     if let Some(FleetRoom::Relayed(relay)) = rooms.get_mut(room) {
+                        if snapshot {
+                            held_acks = relay.snapshot_came(conn);
+                        }
                         // The first answer is where the members' deltas start: a delta
                         // lost before the first one comes is found missing against it.
                         if snapshot && relay.tick.is_none() && epoch == relay.epoch {
@@ -725,6 +777,16 @@ impl Shard {
                     }
                 };
                 self.send(conn.shard, msg);
+                // Their ops are in the state it carries.
+                for frame in held_acks {
+                    self.send(
+                        conn.shard,
+                        MeshMsg::ToConn {
+                            conn: conn.id,
+                            frame,
+                        },
+                    );
+                }
             }
             OutMsg::Deliver { frames, exclude } => {
                 let exclude = exclude
@@ -957,10 +1019,14 @@ impl Shard {
                 shard: ack.to.shard as usize,
                 id: ack.to.conn,
             };
+            let mut frame = Some(ack_frame(room, ack, tick));
             if let Some(FleetRoom::Relayed(relay)) = fleet.rooms.borrow_mut().get_mut(room) {
                 relay.answered(conn, ack.seq);
+                frame = frame.and_then(|f| relay.hold_ack(conn, f));
             }
-            let frame = ack_frame(room, ack, tick);
+            let Some(frame) = frame else {
+                continue;
+            };
             self.send(
                 ack.to.shard as usize,
                 MeshMsg::ToConn {

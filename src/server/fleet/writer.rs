@@ -20,6 +20,7 @@ use crate::protocol::RoomId;
 use crate::redis::{Client, Error};
 
 use super::super::shard::{Origin, Shard};
+use super::wire::ToKind;
 
 /// What a queued command is for, so its reply can be acted on.
 pub enum Job {
@@ -34,6 +35,13 @@ pub enum Job {
         room: RoomId,
         origin: Origin,
         request: Request,
+    },
+    /// An answer to connection `conn` (a host's id for another instance's member),
+    /// published only if the log holds its tick: dropped when it does not.
+    Answer {
+        room: RoomId,
+        conn: u64,
+        kind: ToKind,
     },
     /// Nothing waits for the reply (publishes of answers, snapshots).
     Fire,

@@ -101,8 +101,7 @@ async fn repair(shard: Rc<Shard>, room: RoomId, from: u64) {
         };
         relay.repairing = false;
         let rejoins = if rejoin {
-            relay.tick = None;
-            relay.rejoin_all()
+            relay.await_snapshots()
         } else {
             owner_rejoins.unwrap_or_default()
         };
@@ -120,6 +119,19 @@ async fn repair(shard: Rc<Shard>, room: RoomId, from: u64) {
             unresolved,
         )
     };
+    if rejoin {
+        // Before any delta delivered from here on (one path per shard, in order): the
+        // snapshot supersedes the deltas before it, which would show a tick gap.
+        for (origin, _) in &rejoins {
+            shard.send(
+                origin.conn.shard,
+                MeshMsg::AwaitSnapshot {
+                    room: room.clone(),
+                    conn: origin.conn.id,
+                },
+            );
+        }
+    }
     shard.relay_rejoin(&room, rejoins);
     for (origin, seq, _) in unresolved {
         shard.answer_unavailable(&room, origin, Some(seq), false);

@@ -155,3 +155,61 @@ fn the_tick_of_a_framed_joined() {
         assert_eq!(frame_u64(&frame, "tick"), Some(1522), "{proto:?}");
     }
 }
+
+#[test]
+fn answers_of_an_older_owner_than_one_seen_are_superseded() {
+    let mut relay = Relay::new(1);
+    assert!(!relay.superseded(1), "no owner seen yet");
+    assert!(!relay.owner_changes(1));
+    assert!(relay.owner_changes(2), "a delta of a new owner");
+    relay.new_owner(2);
+    assert!(relay.superseded(1), "the stale owner's answers");
+    assert!(!relay.superseded(2));
+    assert!(!relay.superseded(3));
+    assert!(
+        !relay.superseded(0),
+        "an instance that does not say its epoch"
+    );
+}
+
+#[test]
+fn after_a_trimmed_log_acks_wait_for_their_members_snapshot() {
+    let mut relay = Relay::new(1);
+    let (a, b) = (origin(0, 1), origin(0, 2));
+    relay.add(a, "a".into(), true);
+    relay.add(b, "b".into(), true);
+    for m in &mut relay.members {
+        m.answered = true;
+        m.answered_epoch = 1;
+    }
+    relay.tick = Some(9);
+    let ack = |n: u8| bytes::Bytes::from(vec![n]);
+    assert_eq!(
+        relay.hold_ack(a.conn, ack(1)),
+        Some(ack(1)),
+        "no snapshot due"
+    );
+    // The repair found the log trimmed: everyone gets a full `joined`.
+    assert_eq!(relay.await_snapshots().len(), 2);
+    assert_eq!(relay.tick, None, "set again by the next delta or answer");
+    assert_eq!(
+        relay.unanswered_joins(Duration::ZERO).len(),
+        2,
+        "a lost answer is asked for again"
+    );
+    assert_eq!(relay.hold_ack(a.conn, ack(2)), None);
+    assert_eq!(relay.hold_ack(a.conn, ack(3)), None);
+    assert_eq!(relay.hold_ack(b.conn, ack(4)), None);
+    assert_eq!(relay.snapshot_came(a.conn), [ack(2), ack(3)], "in order");
+    assert_eq!(
+        relay.hold_ack(a.conn, ack(5)),
+        Some(ack(5)),
+        "a has its snapshot"
+    );
+    assert_eq!(relay.hold_ack(b.conn, ack(6)), None, "b still waits");
+    assert!(relay.remove(b.conn));
+    assert!(
+        relay.snapshot_came(b.conn).is_empty(),
+        "forgotten with the member"
+    );
+}
