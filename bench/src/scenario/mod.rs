@@ -22,7 +22,7 @@ use crate::report::{Report, ServerUsage, Usage};
 use crate::runner::{run_shards, spawn_sampler, Sync, WindowSamples};
 use crate::server::ServerProcess;
 use crate::stats::Stats;
-use crate::{bench_cpus, procfs, Common};
+use crate::{bench_cpus, procfs, Common, Watched};
 
 pub use big_state::{big_state_main, BigStateArgs};
 pub use idle::{idle_main, IdleArgs};
@@ -39,6 +39,8 @@ pub struct Env {
     /// The server's CPUs when the bench pinned it (to watch for other load on them).
     pub server_cpus: Vec<usize>,
     pub bench_cpus: Vec<usize>,
+    /// Other processes whose CPU the report gives (`--watch`).
+    pub watched: Vec<Watched>,
     pub run_id: String,
     pub notes: Vec<String>,
 }
@@ -124,6 +126,7 @@ impl Env {
             server_cores,
             server_cpus,
             bench_cpus,
+            watched: common.watch.clone(),
             run_id,
             notes,
         })
@@ -151,6 +154,12 @@ impl Env {
             bench_cpu_seconds: samples.bench_cpu.as_secs_f64(),
             bench_cores: self.bench_cpus.len(),
             server,
+            watched: self
+                .watched
+                .iter()
+                .zip(samples.watched_cpu.iter().chain(std::iter::repeat(&None)))
+                .map(|(w, &cpu)| (w.clone(), cpu))
+                .collect(),
         }
     }
 
@@ -250,6 +259,7 @@ where
     let sampler = spawn_sampler(
         sync.clone(),
         env.server_pid(),
+        env.watched.iter().map(|w| w.pid).collect(),
         cpus,
         common.warmup,
         common.duration,
