@@ -154,6 +154,7 @@ durability_steps() {
     local rate=(ack --proto "$PROTO" --clients "$DURABILITY_CLIENTS" --hz "$DURABILITY_HZ")
     local max=(ack --proto "$PROTO" --clients "$DURABILITY_CLIENTS" --in-flight "$DURABILITY_IN_FLIGHT")
     server_args="--shards 1 $RATE_ARGS"
+    date -u '+%Y-%m-%d %H:%M:%S UTC' >"$out/started.txt"
     redis-server --version >"$out/redis.txt" 2>&1 || true
     step rate-no-redis "$server_args" "${rate[@]}" --echo-connections 0
     step max-no-redis "$server_args" "${max[@]}"
@@ -245,51 +246,7 @@ for step in steps:
 PY
 fi
 if [ "$preset" = durability ]; then
-    python3 - "$out" "$DURATION" "${steps[@]}" <<'PY' | tee "$out/durability.txt" || true
-import json, sys, time
-out, duration, steps = sys.argv[1], sys.argv[2], sys.argv[3:]
-results = {}
-for step in steps:
-    try:
-        with open(f"{out}/{step}/result.json") as f:
-            results[step] = json.load(f)
-    except (OSError, ValueError):
-        pass
-try:
-    with open(f"{out}/redis.txt") as f:
-        version = [w[2:] for w in f.readline().split() if w.startswith("v=")]
-except OSError:
-    version = []
-redis = f"redis-server {version[0] if version else '?'}"
-print(f"the cost of durability ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-      f"{duration} windows; {redis}, AOF on, durable acks on)")
-print("CPU in cores; 'others': other processes on the server's and the bench's cores, Redis included")
-print(f"{'step':<20} {'load':<24} {'acked ops/s':>11} {'ack p50':>8} {'p99':>7} {'p99.9':>7} "
-      f"{'max ms':>7} {'server CPU':>10} {'Redis CPU':>9} {'bench CPU':>9} {'others':>6}  checks")
-for step, r in results.items():
-    m, p, a = r["metrics"], r["params"], r["latency"].get("ack", {})
-    load = (f"{p['clients']} x {p['hz']:g} Hz" if p.get("hz") is not None
-            else f"{p['clients']} x {p['in_flight']} in flight")
-    ms = lambda k: f"{a[k] / 1000:.3f}" if k in a else "-"
-    redis_cpu = f"{m['redis_cpu_share']:.2f}" if "redis_cpu_share" in m else "-"
-    # Other processes on the server's and the bench's cores (Redis included), in cores.
-    others = m.get("server_cores_other_load", 0) + m.get("bench_cores_other_load", 0)
-    print(f"{step:<20} {load:<24} {m.get('acks_per_s', 0):>11,.0f} {ms('p50_us'):>8} {ms('p99_us'):>7} "
-          f"{ms('p99.9_us'):>7} {ms('max_us'):>7} {m.get('server_cpu_share', 0):>10.2f} {redis_cpu:>9} "
-          f"{m.get('bench_cpu_share', 0):>9.2f} {others:>6.2f}  {'OK' if r.get('ok') else 'FAILED'}")
-base_rate, base_max = results.get("rate-no-redis"), results.get("max-no-redis")
-for step, r in results.items():
-    if not step.startswith("max-redis-") or base_max is None:
-        continue
-    fsync = step.removeprefix("max-redis-")
-    ratio = r["metrics"]["acks_per_s"] / max(base_max["metrics"]["acks_per_s"], 1e-9)
-    line = f"with Redis ({fsync}): {ratio:.2f}x the acked ops/s at saturation"
-    rate = results.get(f"rate-redis-{fsync}")
-    if rate and base_rate and "ack" in rate["latency"] and "ack" in base_rate["latency"]:
-        x = lambda k: rate["latency"]["ack"][k] / max(base_rate["latency"]["ack"][k], 1)
-        line += f"; at the fixed rate {x('p50_us'):.2f}x the ack p50, {x('p99_us'):.2f}x the p99"
-    print(line)
-PY
+    python3 scripts/durability.py "$out" | tee "$out/durability.txt" || true
 fi
 if [ "$preset" = cross-shard ] || [ "$preset" = all ]; then
     python3 - "$out" <<'PY' || true
