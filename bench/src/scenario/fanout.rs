@@ -597,7 +597,15 @@ async fn send(mut p: SendPlan) {
                 .collect()
         })
         .collect();
-    if p.credits.is_some() {
+    if let Some(credits) = &p.credits {
+        // One timer per sender ends its run: a deadline per wait would leave an entry in
+        // the poller's schedule for every op (see `epoll::sleep_until`).
+        let (credits, end) = (credits.clone(), p.end);
+        glommio::spawn_local(async move {
+            sleep_until(end).await;
+            credits.close();
+        })
+        .detach();
         sleep_until(p.start).await;
     }
     for k in 0u64.. {
@@ -612,7 +620,7 @@ async fn send(mut p: SendPlan) {
             }
             // Closed loop: the op is timed from when it could go, which is when it goes.
             Some(credits) => {
-                if !credits.take_before(p.end).await {
+                if !credits.take().await {
                     break;
                 }
                 let now = now_us();
@@ -660,7 +668,8 @@ async fn send(mut p: SendPlan) {
 
 /// A closed-loop sender's ops in flight: it takes a credit for each op it sends, and its
 /// client's receiver gives one back with each answer (an `ack`, or an `error` naming the
-/// op's seq).
+/// op's seq). Closed when the sender's window ends, so a server that stops answering
+/// cannot hold the run.
 pub struct Credits(glommio::sync::Semaphore);
 
 impl Credits {
@@ -668,19 +677,17 @@ impl Credits {
         Credits(glommio::sync::Semaphore::new(in_flight as u64))
     }
 
-    /// Waits for a credit until `deadline_us` (bench clock); `false` when the deadline
-    /// came first, so a server that stops answering cannot hold the run past its window.
-    pub async fn take_before(&self, deadline_us: u64) -> bool {
-        let take = async { self.0.acquire(1).await.is_ok() };
-        let expire = async {
-            sleep_until(deadline_us).await;
-            false
-        };
-        futures_lite::future::or(take, expire).await
+    /// Waits for a credit; `false` once closed (also for a sender already waiting).
+    pub async fn take(&self) -> bool {
+        self.0.acquire(1).await.is_ok()
     }
 
     pub fn give(&self) {
         self.0.signal(1);
+    }
+
+    pub fn close(&self) {
+        self.0.close();
     }
 }
 
@@ -779,24 +786,33 @@ pub fn short_error(e: &ConnError) -> String {
 mod tests {
     use super::*;
 
-    /// A closed-loop sender gets as many ops in flight as it has credits, one more per
-    /// answer, and gives up at its deadline when no answer comes.
+    /// A closed-loop sender gets as many ops in flight as it has credits and one more per
+    /// answer; closing the credits releases a sender that waits for an answer.
     #[test]
-    fn credits_bound_the_ops_in_flight_and_expire_at_the_deadline() {
+    fn credits_bound_the_ops_in_flight_and_closing_releases_a_waiting_sender() {
         let handle = glommio::LocalExecutorBuilder::default()
             .spawn(|| async {
-                let credits = Credits::new(2);
-                let far = now_us() + 10_000_000;
-                assert!(credits.take_before(far).await);
-                assert!(credits.take_before(far).await);
-                // Both in flight, nothing answered: the third waits out its deadline.
-                let started = now_us();
-                assert!(!credits.take_before(started + 5_000).await);
-                assert!(now_us() >= started + 5_000);
-                // An answer frees one, at once.
+                let credits = Rc::new(Credits::new(2));
+                assert!(credits.take().await);
+                assert!(credits.take().await);
+                // Both in flight: a third take waits until an answer gives one back.
+                let waiting = glommio::spawn_local({
+                    let credits = credits.clone();
+                    async move { credits.take().await }
+                });
+                glommio::timer::sleep(Duration::from_millis(2)).await;
                 credits.give();
-                assert!(credits.take_before(far).await);
-                assert!(now_us() < far);
+                assert!(waiting.await);
+                // All three in flight again, none answered: closing ends the wait.
+                let waiting = glommio::spawn_local({
+                    let credits = credits.clone();
+                    async move { credits.take().await }
+                });
+                glommio::timer::sleep(Duration::from_millis(2)).await;
+                credits.close();
+                assert!(!waiting.await);
+                credits.give();
+                assert!(!credits.take().await);
             })
             .expect("an executor");
         handle.join().expect("the test task");
