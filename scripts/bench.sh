@@ -5,13 +5,17 @@
 #   scripts/bench.sh list
 #
 # Builds the release binaries, starts nothing by hand: kasagi-bench starts the server itself
-# (taskset -c $SERVER_CPUS), runs pinned to $BENCH_CPUS, and writes summary.txt,
+# (taskset -c $SERVER_CPUS), runs pinned to $BENCH_CPUS (`durability` also starts a
+# redis-server of its own, and stops it by PID when the script exits), and writes summary.txt,
 # result.json, *.hgrm, latency.png and server.log under
 # bench/results/<timestamp>-<preset>/<step>/ (gitignored). Prints every summary at the end.
 #
 # Environment: SERVER_CPUS (default 0), BENCH_CPUS (default 1), DURATION (default 10s),
 # WARMUP (default 2s), PROTO (msgpack|json, default msgpack), SWEEP_HZ (latency-sweep's
-# rates, default "0.1 0.25 0.5 1 2 3 4 5").
+# rates, default "0.1 0.25 0.5 1 2 3 4 5"); for `durability`: DURABILITY_FSYNC (Redis's
+# appendfsync policies, default "everysec always"), DURABILITY_CLIENTS (100),
+# DURABILITY_HZ (the fixed rate per client, 100), DURABILITY_IN_FLIGHT (ops in flight per
+# client at saturation, 8), REDIS_CPUS (pin Redis with taskset; default unpinned).
 # Exit status: 0 when every step's correctness checks passed, 1 otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,8 +27,13 @@ WARMUP=${WARMUP:-2s}
 PROTO=${PROTO:-msgpack}
 RATE_ARGS="--rate-limit 100000 --rate-burst 100000 --log warn"
 
-PRESETS="jitter fanout-1core latency-10k latency-sweep ack idle-20k join-storm big-state cross-shard json all"
+PRESETS="jitter fanout-1core latency-10k latency-sweep ack durability idle-20k join-storm big-state cross-shard json all"
 SWEEP_HZ=${SWEEP_HZ:-"0.1 0.25 0.5 1 2 3 4 5"}
+DURABILITY_FSYNC=${DURABILITY_FSYNC:-"everysec always"}
+DURABILITY_CLIENTS=${DURABILITY_CLIENTS:-100}
+DURABILITY_HZ=${DURABILITY_HZ:-100}
+DURABILITY_IN_FLIGHT=${DURABILITY_IN_FLIGHT:-8}
+REDIS_CPUS=${REDIS_CPUS:-}
 
 usage() {
     cat <<USAGE
@@ -39,12 +48,16 @@ presets:
   latency-sweep latency-10k's shape at each rate of SWEEP_HZ (default: 0.1 to 5 Hz), with a
                 table of rate, server CPU and percentiles
   ack           request -> ack latency at light load (100 clients x 10 Hz) beside a bare TCP echo
+  durability    the cost of durable acks: the server without Redis, then with --redis on its
+                own redis-server (AOF, each policy of DURABILITY_FSYNC); each at a fixed
+                rate (100 clients x 100 Hz) and at saturation (8 ops in flight per client);
+                a table of acked ops/s, ack p50/p99/p99.9/max, server and Redis CPU
   idle-20k      server memory per idle connection at 20,000 connections
   join-storm    connections + handshakes + joins per second (64 in flight)
   big-state     join latency of a ~1 MB room (4 joiners)
   cross-shard   server with 2 shards on one core: same-shard vs cross-shard rooms, CPU per delivery
   json          fanout-1core's load on the JSON subprotocol
-  all           every preset above, one after the other
+  all           every preset above but durability (it needs redis-server), one after the other
 USAGE
 }
 
@@ -86,6 +99,75 @@ step() {
 }
 
 EXTRA=("$@")
+
+# The durability preset's own redis-server: a free port, a fresh directory, the append-only
+# file on with the given fsync policy (as scripts/redis.sh), stopped by its PID.
+REDIS_PID=
+REDIS_DIR=
+REDIS_PORT=
+stop_redis() {
+    if [ -n "$REDIS_PID" ]; then
+        kill "$REDIS_PID" 2>/dev/null || true
+        wait "$REDIS_PID" 2>/dev/null || true
+        REDIS_PID=
+    fi
+    if [ -n "$REDIS_DIR" ]; then
+        rm -rf "$REDIS_DIR"
+        REDIS_DIR=
+    fi
+}
+trap stop_redis EXIT
+trap 'exit 130' INT TERM
+start_redis() {
+    local fsync=$1 pin=()
+    command -v redis-server >/dev/null 2>&1 || {
+        echo "durability: redis-server is not installed (Debian: apt-get install redis-server)" >&2
+        exit 1
+    }
+    REDIS_DIR=$(mktemp -d -t kasagi-bench-redis.XXXXXX)
+    REDIS_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    [ -n "$REDIS_CPUS" ] && pin=(taskset -c "$REDIS_CPUS")
+    # taskset execs redis-server, so $! is Redis's own PID.
+    "${pin[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$REDIS_DIR" \
+        --appendonly yes --appendfsync "$fsync" --save "" --logfile "$REDIS_DIR/redis.log" &
+    REDIS_PID=$!
+    local i
+    for i in $(seq 100); do
+        if redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; then
+            echo "redis-server $REDIS_PID on 127.0.0.1:$REDIS_PORT, appendfsync $fsync, dir $REDIS_DIR" \
+                | tee -a "$out/redis.txt"
+            return 0
+        fi
+        kill -0 "$REDIS_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "durability: redis-server on port $REDIS_PORT did not answer" >&2
+    cat "$REDIS_DIR/redis.log" >&2 || true
+    exit 1
+}
+
+# The same two loads on the server without Redis, then with --redis for each fsync policy:
+# DURABILITY_CLIENTS clients alone in their rooms, at DURABILITY_HZ each (open loop, a rate
+# both carry), then closed loop with DURABILITY_IN_FLIGHT ops in flight each (saturation).
+durability_steps() {
+    local fsync server_args redis_args
+    local rate=(ack --proto "$PROTO" --clients "$DURABILITY_CLIENTS" --hz "$DURABILITY_HZ")
+    local max=(ack --proto "$PROTO" --clients "$DURABILITY_CLIENTS" --in-flight "$DURABILITY_IN_FLIGHT")
+    server_args="--shards 1 $RATE_ARGS"
+    date -u '+%Y-%m-%d %H:%M:%S UTC' >"$out/started.txt"
+    redis-server --version >"$out/redis.txt" 2>&1 || true
+    step rate-no-redis "$server_args" "${rate[@]}" --echo-connections 0
+    step max-no-redis "$server_args" "${max[@]}"
+    for fsync in $DURABILITY_FSYNC; do
+        start_redis "$fsync"
+        redis_args="$server_args --redis redis://127.0.0.1:$REDIS_PORT --durable-acks true"
+        step "rate-redis-$fsync" "$redis_args" "${rate[@]}" --echo-connections 0 --watch "redis=$REDIS_PID"
+        step "max-redis-$fsync" "$redis_args" "${max[@]}" --watch "redis=$REDIS_PID"
+        cp "$REDIS_DIR/redis.log" "$out/redis-$fsync.log" 2>/dev/null || true
+        stop_redis
+    done
+}
+
 run_preset() {
     case $1 in
         fanout-1core)
@@ -116,6 +198,8 @@ run_preset() {
             done ;;
         ack)
             step ack "--shards 1 $RATE_ARGS" ack --proto "$PROTO" --clients 100 --hz 10 ;;
+        durability)
+            durability_steps ;;
         idle-20k)
             step idle-20k "--shards 1 $RATE_ARGS" idle --proto "$PROTO" --connections 20000 ;;
         join-storm)
@@ -160,6 +244,9 @@ for step in steps:
           f"{m.get('server_cpu_s_per_million_deliveries', 0):>8.2f} {m['bench_cpu_share']:>9.2f} "
           f"{ms('p50_us'):>8.3f} {ms('p99_us'):>8.2f} {ms('p99.9_us'):>9.2f} {ms('max_us'):>8.2f}")
 PY
+fi
+if [ "$preset" = durability ]; then
+    python3 scripts/durability.py "$out" | tee "$out/durability.txt" || true
 fi
 if [ "$preset" = cross-shard ] || [ "$preset" = all ]; then
     python3 - "$out" <<'PY' || true

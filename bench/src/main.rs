@@ -140,6 +140,34 @@ pub struct Common {
     /// Folder for summary.txt, result.json, *.hgrm, latency.png (and server.log).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Another process whose CPU time over the window to report, as NAME=PID (e.g. the
+    /// Redis a fleet server appends to: part of what the server's work costs). Repeatable.
+    #[arg(long = "watch", value_name = "NAME=PID", value_parser = parse_watched)]
+    pub watch: Vec<Watched>,
+}
+
+/// A process the bench did not start but reports on (`--watch NAME=PID`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watched {
+    pub name: String,
+    pub pid: u32,
+}
+
+fn parse_watched(arg: &str) -> Result<Watched, String> {
+    let (name, pid) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("{arg:?}: expected NAME=PID"))?;
+    let valid = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if name.is_empty() || !name.chars().all(valid) {
+        return Err(format!("{name:?}: a name is letters, digits, '_' or '-'"));
+    }
+    let pid = pid
+        .parse()
+        .map_err(|_| format!("{pid:?}: not a process id"))?;
+    Ok(Watched {
+        name: name.to_owned(),
+        pid,
+    })
 }
 
 fn main() -> ExitCode {
@@ -181,5 +209,25 @@ pub fn bench_cpus(common: &Common) -> Result<Vec<usize>> {
             }
             Ok(cpus)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watched_process_is_named_and_numbered() {
+        assert_eq!(
+            parse_watched("redis=4242"),
+            Ok(Watched {
+                name: "redis".into(),
+                pid: 4242
+            })
+        );
+        assert!(parse_watched("redis").is_err());
+        assert!(parse_watched("=4242").is_err());
+        assert!(parse_watched("re dis=4242").is_err());
+        assert!(parse_watched("redis=-1").is_err());
     }
 }

@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 use crate::procfs::ProcSample;
 use crate::stats::Stats;
 use crate::telemetry::ServerTelemetry;
+use crate::Watched;
 
 /// The percentiles every summary shows.
 pub const PERCENTILES: [(f64, &str); 5] = [
@@ -36,6 +37,8 @@ pub struct Usage {
     /// Busy seconds of the server's CPUs (when pinned) and the bench's, all work included.
     pub server_cpus_busy: Option<f64>,
     pub bench_cpus_busy: f64,
+    /// Each `--watch`ed process and its CPU-seconds over the window (`None`: unreadable).
+    pub watched: Vec<(Watched, Option<f64>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -177,6 +180,19 @@ impl Report {
                     share * 100.0,
                     s.cores
                 ));
+            }
+        }
+        for (w, cpu) in &u.watched {
+            match cpu {
+                Some(cpu) => metrics.push((
+                    format!("{}_cpu_share", w.name),
+                    cpu / window,
+                    format!("{} (pid {}) CPU (share of one core)", w.name, w.pid),
+                )),
+                None => warnings.push(format!(
+                    "{} (pid {}) could not be read at both edges of the window",
+                    w.name, w.pid
+                )),
             }
         }
         self.metrics.extend(metrics);
@@ -379,6 +395,32 @@ mod tests {
         };
         assert!(behind(2_000));
         assert!(!behind(100));
+    }
+
+    #[test]
+    fn a_watched_process_gets_its_cpu_share_or_a_warning() {
+        let watched = |name: &str, pid| Watched {
+            name: name.into(),
+            pid,
+        };
+        let mut report = Report::new("ack", "t".into(), Value::Null);
+        report.usage.window_seconds = 2.0;
+        report.usage.bench_cores = 1;
+        report.usage.watched = vec![
+            (watched("redis", 10), Some(0.5)),
+            (watched("gone", 11), None),
+        ];
+        report.finish_usage(0);
+        let share = report
+            .metrics
+            .iter()
+            .find(|(k, _, _)| k == "redis_cpu_share")
+            .map(|(_, v, _)| *v);
+        assert_eq!(share, Some(0.25));
+        assert!(report
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("gone (pid 11)")));
     }
 
     #[test]

@@ -124,6 +124,9 @@ pub struct WindowSamples {
     /// Busy seconds of the server's and the bench's CPUs over the window (`/proc/stat`).
     pub server_cpus_busy: f64,
     pub bench_cpus_busy: f64,
+    /// CPU-seconds of each `--watch`ed process over the window, in the order given (`None`:
+    /// it could not be read at both edges).
+    pub watched_cpu: Vec<Option<f64>>,
 }
 
 /// Starts the sampler thread: once the shards agree on a start time it waits `warmup`,
@@ -131,6 +134,7 @@ pub struct WindowSamples {
 pub fn spawn_sampler(
     sync: Arc<Sync>,
     server_pid: Option<u32>,
+    watched: Vec<u32>,
     cpus: (Vec<usize>, Vec<usize>),
     warmup: Duration,
     duration: Duration,
@@ -159,9 +163,16 @@ pub fn spawn_sampler(
                 cpus_busy_seconds(&bench_cpus),
             );
             let t0 = Instant::now();
+            let cpu_of = |p: u32| crate::procfs::sample_process(p).ok().map(|s| s.cpu_seconds);
             out.server_before = server_pid.and_then(|p| crate::procfs::sample_process(p).ok());
+            let watched_before: Vec<Option<f64>> = watched.iter().map(|&p| cpu_of(p)).collect();
             sleep_thread_until(to);
             out.server_after = server_pid.and_then(|p| crate::procfs::sample_process(p).ok());
+            out.watched_cpu = watched
+                .iter()
+                .zip(watched_before)
+                .map(|(&p, before)| Some((cpu_of(p)? - before?).max(0.0)))
+                .collect();
             out.bench_cpu = own_cpu().saturating_sub(cpu_before);
             out.server_cpus_busy = cpus_busy_seconds(&server_cpus) - busy_before.0;
             out.bench_cpus_busy = cpus_busy_seconds(&bench_cpus) - busy_before.1;

@@ -1,5 +1,5 @@
-//! Smoke test: the bench's `fanout` (on both readiness sources), `ack` and `join-storm`
-//! scenarios against the real server binary, for about a second each, must finish with
+//! Smoke test: the bench's `fanout` (on both readiness sources), `ack` (open and closed
+//! loop) and `join-storm` scenarios against the real server binary, for about a second each, must finish with
 //! correctness OK and a JSON line; `telemetry-cost` and `jitter` run without a server.
 //!
 //! The server binary is `KASAGI_BIN` when set, otherwise `<workspace>/target/debug/kasagi`
@@ -136,6 +136,39 @@ fn ack_json_measures_the_echo_too() {
     assert!(report["metrics"]["ack_p99_over_echo_p99"]
         .as_f64()
         .is_some());
+}
+
+/// `ack --in-flight`: closed loop, each client keeps its ops in flight and sends again as
+/// each is acked, so the acks a second are the server's (here a debug build's), far above
+/// any open-loop rate of this size; no echo unless asked. `--watch` reports another
+/// process's CPU over the window (here the test's own).
+#[test]
+fn ack_closed_loop_acks_as_fast_as_the_server_answers() {
+    let watch = format!("me={}", std::process::id());
+    let report = run_bench(&[
+        "ack",
+        "--clients",
+        "4",
+        "--in-flight",
+        "3",
+        "--watch",
+        &watch,
+    ]);
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["params"]["in_flight"], 3);
+    assert!(report["params"]["hz"].is_null());
+    assert!(report["latency"]["echo"].is_null(), "{report}");
+    assert!(report["latency"]["send_lag"].is_null(), "{report}");
+    let acks = report["latency"]["ack"]["count"].as_u64().expect("acks");
+    let per_s = report["metrics"]["acks_per_s"].as_f64().expect("acks/s");
+    // Four clients at ten times the `ack` preset's 10 Hz would be 400/s.
+    assert!(per_s > 400.0, "{per_s} acks/s: {report}");
+    assert_eq!(acks as f64, per_s);
+    assert_eq!(report["counters"]["unacked_msgs"], 0);
+    let me = report["metrics"]["me_cpu_share"]
+        .as_f64()
+        .expect("me_cpu_share");
+    assert!(me >= 0.0, "{report}");
 }
 
 /// `join-storm` completes connections with the server's help and says what each cost

@@ -8,6 +8,14 @@
 //! (or a blocked socket) therefore shows up as latency of every op it delayed, not as
 //! fewer samples (no coordinated omission).
 //!
+//! # Closed loop (`ack --in-flight N`)
+//!
+//! To find the most acked ops a second the server sustains, each client instead keeps `N`
+//! ops unacked: it sends whenever an answer frees one of its [`Credits`], as fast as the
+//! server acks, until the window ends. Each op is then timed from its actual send, so its
+//! latency is the server's queue at that throughput (Little's law: clients x `N` / ops
+//! per second), not what an open-loop client at that rate would see.
+//!
 //! # Correctness checks, while measuring
 //!
 //! - Ticks are consecutive per client (`gaps` counts breaks; a `resync` joined restarts).
@@ -62,6 +70,8 @@ pub struct Plan {
     pub echo: Option<(SocketAddr, usize)>,
     /// Have the kernel stamp what the clients receive (see `WsReader::stamp_receives`).
     pub socket_stamps: bool,
+    /// Closed loop: each sender keeps this many ops unacked instead of keeping to `hz`.
+    pub in_flight: Option<usize>,
 }
 
 impl Plan {
@@ -77,6 +87,8 @@ impl Plan {
 struct Client {
     room: usize,
     pending: VecDeque<(u64, u64)>,
+    /// Closed loop: what the client's answers give back to its sender.
+    credits: Option<Rc<Credits>>,
     last_tick: Option<u64>,
     slot_ticks: [Option<u64>; SLOTS as usize],
 }
@@ -224,6 +236,7 @@ async fn shard_inner(id: usize, plan: &Plan, sync: &Sync) -> Result<Stats, Stats
                     st.clients.push(Client {
                         room,
                         pending: VecDeque::new(),
+                        credits: plan.in_flight.map(|n| Rc::new(Credits::new(n))),
                         last_tick: Some(tick),
                         slot_ticks: [None; SLOTS as usize],
                     });
@@ -260,8 +273,10 @@ async fn shard_inner(id: usize, plan: &Plan, sync: &Sync) -> Result<Stats, Stats
                 let st = state.borrow();
                 st.rooms[st.clients[client].room].id.clone()
             };
+            let credits = state.borrow().clients[client].credits.clone();
             let task = send(SendPlan {
                 state: state.clone(),
+                credits,
                 client,
                 global: g,
                 room: room_id,
@@ -514,7 +529,11 @@ fn handle(state: &Shared, client: usize, payload: &[u8], rx_us: Option<RxStamp>)
         }
         "ack" => {
             let seq = view.seq.unwrap_or(u64::MAX);
-            match c.pending.pop_front() {
+            let answered = c.pending.pop_front();
+            if let (Some(_), Some(credits)) = (answered, &c.credits) {
+                credits.give();
+            }
+            match answered {
                 Some((expected, intended)) if expected == seq => {
                     if intended >= from && intended < to {
                         st.stats.record("ack", now.saturating_sub(intended));
@@ -536,6 +555,9 @@ fn handle(state: &Shared, client: usize, payload: &[u8], rx_us: Option<RxStamp>)
             if let (Some(seq), Some(&(front, _))) = (view.seq, c.pending.front()) {
                 if seq == front {
                     c.pending.pop_front();
+                    if let Some(credits) = &c.credits {
+                        credits.give();
+                    }
                 }
             }
             st.stats.add(&format!("error_{code}"), 1);
@@ -552,6 +574,8 @@ fn handle(state: &Shared, client: usize, payload: &[u8], rx_us: Option<RxStamp>)
 
 struct SendPlan {
     state: Shared,
+    /// Closed loop: an op goes out only with one of these (see [`Credits`]).
+    credits: Option<Rc<Credits>>,
     client: usize,
     global: usize,
     room: RoomId,
@@ -573,18 +597,46 @@ async fn send(mut p: SendPlan) {
                 .collect()
         })
         .collect();
+    if let Some(credits) = &p.credits {
+        // One timer per sender ends its run: a deadline per wait would leave an entry in
+        // the poller's schedule for every op (see `epoll::sleep_until`).
+        let (credits, end) = (credits.clone(), p.end);
+        glommio::spawn_local(async move {
+            sleep_until(end).await;
+            credits.close();
+        })
+        .detach();
+        sleep_until(p.start).await;
+    }
     for k in 0u64.. {
-        let intended = p.start + (p.phase_us + k as f64 * p.period_us) as u64;
-        if intended >= p.end {
-            break;
-        }
-        sleep_until(intended).await;
+        let intended = match &p.credits {
+            None => {
+                let at = p.start + (p.phase_us + k as f64 * p.period_us) as u64;
+                if at >= p.end {
+                    break;
+                }
+                sleep_until(at).await;
+                at
+            }
+            // Closed loop: the op is timed from when it could go, which is when it goes.
+            Some(credits) => {
+                if !credits.take().await {
+                    break;
+                }
+                let now = now_us();
+                if now >= p.end {
+                    break;
+                }
+                now
+            }
+        };
         let seq = k + 1;
         let sent = now_us();
         {
             let mut st = p.state.borrow_mut();
             // How late the generator itself is: large values mean it is the bottleneck.
-            if intended >= st.window.0 && intended < st.window.1 {
+            let scheduled = p.credits.is_none();
+            if scheduled && intended >= st.window.0 && intended < st.window.1 {
                 st.stats.record("send_lag", sent.saturating_sub(intended));
             }
             st.clients[p.client].pending.push_back((seq, intended));
@@ -611,6 +663,31 @@ async fn send(mut p: SendPlan) {
                 .add(&format!("send_error:{}", short_error(&e)), 1);
             return;
         }
+    }
+}
+
+/// A closed-loop sender's ops in flight: it takes a credit for each op it sends, and its
+/// client's receiver gives one back with each answer (an `ack`, or an `error` naming the
+/// op's seq). Closed when the sender's window ends, so a server that stops answering
+/// cannot hold the run.
+pub struct Credits(glommio::sync::Semaphore);
+
+impl Credits {
+    pub fn new(in_flight: usize) -> Credits {
+        Credits(glommio::sync::Semaphore::new(in_flight as u64))
+    }
+
+    /// Waits for a credit; `false` once closed (also for a sender already waiting).
+    pub async fn take(&self) -> bool {
+        self.0.acquire(1).await.is_ok()
+    }
+
+    pub fn give(&self) {
+        self.0.signal(1);
+    }
+
+    pub fn close(&self) {
+        self.0.close();
     }
 }
 
@@ -703,4 +780,41 @@ pub fn short_error(e: &ConnError) -> String {
         .take(40)
         .collect();
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A closed-loop sender gets as many ops in flight as it has credits and one more per
+    /// answer; closing the credits releases a sender that waits for an answer.
+    #[test]
+    fn credits_bound_the_ops_in_flight_and_closing_releases_a_waiting_sender() {
+        let handle = glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let credits = Rc::new(Credits::new(2));
+                assert!(credits.take().await);
+                assert!(credits.take().await);
+                // Both in flight: a third take waits until an answer gives one back.
+                let waiting = glommio::spawn_local({
+                    let credits = credits.clone();
+                    async move { credits.take().await }
+                });
+                glommio::timer::sleep(Duration::from_millis(2)).await;
+                credits.give();
+                assert!(waiting.await);
+                // All three in flight again, none answered: closing ends the wait.
+                let waiting = glommio::spawn_local({
+                    let credits = credits.clone();
+                    async move { credits.take().await }
+                });
+                glommio::timer::sleep(Duration::from_millis(2)).await;
+                credits.close();
+                assert!(!waiting.await);
+                credits.give();
+                assert!(!credits.take().await);
+            })
+            .expect("an executor");
+        handle.join().expect("the test task");
+    }
 }

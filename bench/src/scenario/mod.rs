@@ -22,7 +22,7 @@ use crate::report::{Report, ServerUsage, Usage};
 use crate::runner::{run_shards, spawn_sampler, Sync, WindowSamples};
 use crate::server::ServerProcess;
 use crate::stats::Stats;
-use crate::{bench_cpus, procfs, Common};
+use crate::{bench_cpus, procfs, Common, Watched};
 
 pub use big_state::{big_state_main, BigStateArgs};
 pub use idle::{idle_main, IdleArgs};
@@ -39,6 +39,8 @@ pub struct Env {
     /// The server's CPUs when the bench pinned it (to watch for other load on them).
     pub server_cpus: Vec<usize>,
     pub bench_cpus: Vec<usize>,
+    /// Other processes whose CPU the report gives (`--watch`).
+    pub watched: Vec<Watched>,
     pub run_id: String,
     pub notes: Vec<String>,
 }
@@ -124,6 +126,7 @@ impl Env {
             server_cores,
             server_cpus,
             bench_cpus,
+            watched: common.watch.clone(),
             run_id,
             notes,
         })
@@ -151,6 +154,12 @@ impl Env {
             bench_cpu_seconds: samples.bench_cpu.as_secs_f64(),
             bench_cores: self.bench_cpus.len(),
             server,
+            watched: self
+                .watched
+                .iter()
+                .zip(samples.watched_cpu.iter().chain(std::iter::repeat(&None)))
+                .map(|(w, &cpu)| (w.clone(), cpu))
+                .collect(),
         }
     }
 
@@ -250,6 +259,7 @@ where
     let sampler = spawn_sampler(
         sync.clone(),
         env.server_pid(),
+        env.watched.iter().map(|w| w.pid).collect(),
         cpus,
         common.warmup,
         common.duration,
@@ -373,6 +383,7 @@ pub fn fanout_main(common: &Common, args: &FanoutArgs) -> Result<Report> {
         drain: common.drain,
         echo: None,
         socket_stamps: args.socket_stamps,
+        in_flight: None,
     };
     let offered_ops = (args.rooms * senders * plan.ops_per_msg) as f64 * args.hz;
     let title = format!(
@@ -423,31 +434,45 @@ pub struct AckArgs {
     /// Clients, each alone in its room (so the ack is not behind any fan-out).
     #[arg(long, default_value_t = 100)]
     pub clients: usize,
-    /// Messages per second per client.
+    /// Messages per second per client (open loop; ignored with `--in-flight`).
     #[arg(long, default_value_t = 10.0)]
     pub hz: f64,
+    /// Closed loop instead: each client keeps this many ops unacked and sends the next as
+    /// soon as one is answered, so the run measures the most acked ops/s the server
+    /// sustains. Each op is then timed from its actual send. No echo unless
+    /// `--echo-connections` asks for one (its threads share the server's cores). Up to 8
+    /// (the keys a client cycles through) no two ops of a client in flight share a key;
+    /// past that the server coalesces them and acks/s counts merged ops.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub in_flight: Option<u64>,
     /// Size of one op on the wire.
     #[arg(long, default_value_t = 100)]
     pub op_bytes: usize,
     /// Bare TCP echo connections measured alongside, at the same rate per connection
     /// (default: as many as `--clients`, so both p99s come from as many round trips; with
     /// 16 the echo's p99 rested on its 13 slowest of 1,280 and the ratio of three runs
-    /// spread over 0.93-1.67, against 1.18-1.35 with 100).
+    /// spread over 0.93-1.67, against 1.18-1.35 with 100). 0: no echo.
     #[arg(long)]
     pub echo_connections: Option<usize>,
 }
 
 pub fn ack_main(common: &Common, args: &AckArgs) -> Result<Report> {
-    let echo_conns = args.echo_connections.unwrap_or(args.clients).max(1);
+    let in_flight = args.in_flight.map(|n| n as usize);
+    let default_echo = if in_flight.is_some() { 0 } else { args.clients };
+    let echo_conns = args.echo_connections.unwrap_or(default_echo);
     let mut env = Env::setup(common, args.clients as u64 + echo_conns as u64)?;
     // The echo runs where the server runs, so both round trips cross the same cores.
-    let echo_addr = spawn_echo_server(env.server_cpus.clone())?;
-    if !env.server_cpus.is_empty() {
-        env.notes.push(format!(
-            "echo threads pinned to the server's CPUs {:?}",
-            env.server_cpus
-        ));
-    }
+    let echo = if echo_conns > 0 {
+        if !env.server_cpus.is_empty() {
+            env.notes.push(format!(
+                "echo threads pinned to the server's CPUs {:?}",
+                env.server_cpus
+            ));
+        }
+        Some((spawn_echo_server(env.server_cpus.clone())?, echo_conns))
+    } else {
+        None
+    };
     let plan = Arc::new(fanout::Plan {
         target: env.target.clone(),
         run_id: env.run_id.clone(),
@@ -464,16 +489,22 @@ pub fn ack_main(common: &Common, args: &AckArgs) -> Result<Report> {
         warmup: common.warmup,
         duration: common.duration,
         drain: common.drain,
-        echo: Some((echo_addr, echo_conns)),
+        echo,
         // The echo's reads are plain `recv`s: the acks' reads stay the same for the ratio.
         socket_stamps: false,
+        in_flight,
     });
+    let pace = match in_flight {
+        Some(n) => format!("closed loop, {n} op(s) in flight each"),
+        None => format!("{} Hz", args.hz),
+    };
     let title = format!(
-        "{} clients x {} Hz, rooms of 1, {} B ops, {}; bare TCP echo on {} connection(s)",
-        args.clients, args.hz, args.op_bytes, common.proto, echo_conns
+        "{} clients x {pace}, rooms of 1, {} B ops, {}; bare TCP echo on {} connection(s)",
+        args.clients, args.op_bytes, common.proto, echo_conns
     );
     let params = json!({
-        "clients": args.clients, "hz": args.hz, "op_bytes": args.op_bytes,
+        "clients": args.clients, "hz": in_flight.is_none().then_some(args.hz),
+        "in_flight": in_flight, "op_bytes": args.op_bytes,
         "echo_connections": echo_conns, "proto": common.proto,
         "duration_s": common.duration.as_secs_f64(), "warmup_s": common.warmup.as_secs_f64(),
     });
@@ -503,6 +534,21 @@ pub fn ack_main(common: &Common, args: &AckArgs) -> Result<Report> {
                 "ack p99 is {ratio:.2}x the bare loopback round trip (target <= 1.5x)"
             ));
         }
+    }
+    let coalesced = report.stats.get("coalesced_ops");
+    if in_flight.is_some() && coalesced > 0 {
+        report.warnings.push(format!(
+            "{coalesced} op(s) coalesced with a later op of the same client on the same key: \
+             acks/s counts ops the server merged (keep --in-flight at most {})",
+            fanout::SLOTS
+        ));
+    }
+    if in_flight.is_none() {
+        report.metric(
+            "offered_ops_per_s",
+            args.clients as f64 * args.hz,
+            "offered ops/s",
+        );
     }
     report.metric(
         "acks_per_s",
