@@ -149,6 +149,13 @@ fn owner_paused_with_an_append_in_flight_steps_down_on_its_refusal() {
     assert_eq!(metric(&a, "kasagi_fleet_step_downs_total"), 0.0);
 
     let mut busy = RespConn::connect(redis.port).expect("connect to redis-server");
+    // Redis accepts a new connection in one turn of its event loop and reads it in a later
+    // one: a's append could run in between, before the script. Once a reply came back,
+    // the script is read as soon as it arrives, ahead of the ops' append sent after it.
+    assert_eq!(
+        busy.command(&["PING"]).expect("PING"),
+        Resp::Simple("PONG".into())
+    );
     let (epoch_key, log_key) = (key("epoch"), key("log"));
     busy.send(&[
         "EVAL",

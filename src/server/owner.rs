@@ -405,7 +405,11 @@ impl Shard {
                     },
                     origin.proto,
                 );
-                self.host_reply(host, origin.conn, frame);
+                let to = MeshMsg::ToConn {
+                    conn: origin.conn.id,
+                    frame,
+                };
+                self.host_send_as(host, origin.conn.shard, to, Some((origin, seq)));
             }
             Err(err) => {
                 let frame = error_frame(

@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::super::owner::RoomHost;
 use super::super::shard::{MeshMsg, Origin, Shard};
+use super::log::Owed;
 use super::relay::Unanswered;
 use super::wire::{self, Keys, OutMsg};
 use super::{FleetRoom, History, Owned, Relay, ROUTED};
@@ -538,7 +539,7 @@ pub fn step_down(shard: &Shard, room: &RoomId, why: &str) {
     let Some(fleet) = shard.fleet.as_ref() else {
         return;
     };
-    let Some(host) = shard.rooms.borrow_mut().remove(room) else {
+    let Some(mut host) = shard.rooms.borrow_mut().remove(room) else {
         return;
     };
     super::super::metrics::ShardMetrics::sub(&shard.metrics().rooms, 1);
@@ -548,10 +549,16 @@ pub fn step_down(shard: &Shard, room: &RoomId, why: &str) {
         .local_members(shard.shards)
         .map(|(origin, member)| (origin, member.to_owned()))
         .collect();
-    // Acks held for appends whose fate is now unknown: the clients learn it from the
-    // state of their next `joined`.
-    for (_, origin, seq) in host.held.acks.iter() {
-        shard.answer_unavailable(room, *origin, Some(*seq), false);
+    // Every answer owed to local members: ops whose delta's fate is now unknown (held
+    // for its append, or not flushed yet) get `unavailable`, and the clients learn their
+    // fate from the state of their next `joined`; errors, `left`s and refusals go out.
+    for owed in super::log::owed_on_step_down(&mut host, shard.shards) {
+        match owed {
+            Owed::Unavailable(origin, seq) => {
+                shard.answer_unavailable(room, origin, Some(seq), false)
+            }
+            Owed::Send(dst, msg) => shard.send(dst, msg),
+        }
     }
     fleet
         .rooms

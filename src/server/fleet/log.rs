@@ -28,7 +28,7 @@ use super::super::owner::{Reply, RoomHost};
 use super::super::shard::{ConnRef, Frames, MeshMsg, Origin, Shard};
 use super::wire::{self, AckTo, Keys, OutMsg, ToKind};
 use super::writer::Job;
-use super::{lease, Fleet, FleetRoom};
+use super::{lease, Fleet, FleetRoom, HeldOut};
 use crate::protocol::{DeltaOp, RoomId, ServerMessage, Subprotocol};
 use crate::redis::Error;
 use crate::room::DeltaRecord;
@@ -233,9 +233,6 @@ impl Shard {
                 }
                 continue;
             }
-            if let (Reply::Ack { seq, .. }, true) = (&reply, durable) {
-                host.held.acks.push_back((tick, origin, *seq));
-            }
             self.send_reply(host, origin, reply, tick, now);
         }
         let ops = wire::encode_ops(&delta.ops);
@@ -314,11 +311,28 @@ impl Shard {
     /// outputs wait here; other instances' go to Redis at once, in order behind those
     /// appends, and an answer addressed to one of them is published only if they succeed.
     pub(in super::super) fn host_send(&self, host: &mut RoomHost, dst: usize, msg: MeshMsg) {
+        self.host_send_as(host, dst, msg, None);
+    }
+
+    /// As [`Shard::host_send`]; `ack` names the op an `ack` answers (who, `seq`), so that a
+    /// step-down answers it `unavailable` instead while it is held.
+    pub(in super::super) fn host_send_as(
+        &self,
+        host: &mut RoomHost,
+        dst: usize,
+        msg: MeshMsg,
+        ack: Option<(Origin, u64)>,
+    ) {
         let durable = self.fleet.as_ref().is_some_and(|f| f.config.durable_acks);
         if durable {
             if let Some(&(tick, _)) = host.held.in_flight.back() {
                 if dst < self.shards {
-                    host.held.queue.push_back((tick, dst, msg));
+                    host.held.queue.push_back(HeldOut {
+                        tick,
+                        dst,
+                        msg,
+                        ack,
+                    });
                 } else {
                     self.fleet_send_remote_after(msg, Some(tick));
                 }
@@ -380,13 +394,10 @@ impl Shard {
                     while host.held.in_flight.front().is_some_and(|(t, _)| *t <= tick) {
                         host.held.in_flight.pop_front();
                     }
-                    while host.held.acks.front().is_some_and(|(t, _, _)| *t <= tick) {
-                        host.held.acks.pop_front();
-                    }
                     let mut out = Vec::new();
-                    while host.held.queue.front().is_some_and(|(t, _, _)| *t <= tick) {
-                        if let Some((_, dst, msg)) = host.held.queue.pop_front() {
-                            out.push((dst, msg));
+                    while host.held.queue.front().is_some_and(|o| o.tick <= tick) {
+                        if let Some(o) = host.held.queue.pop_front() {
+                            out.push((o.dst, o.msg));
                         }
                     }
                     out
@@ -432,16 +443,68 @@ impl Shard {
         tick: u64,
         now: Instant,
     ) {
+        let ack = match reply {
+            Reply::Ack { seq, .. } => Some((origin, seq)),
+            Reply::Frame(_) => None,
+        };
         let frame = self.reply_frame(host.room.id(), reply, tick, origin.proto, now);
-        self.host_send(
+        self.host_send_as(
             host,
             origin.conn.shard,
             MeshMsg::ToConn {
                 conn: origin.conn.id,
                 frame,
             },
+            ack,
         );
     }
+}
+
+/// An answer a room that steps down still owes a member of this instance.
+pub(super) enum Owed {
+    /// `unavailable` to op `seq`: applied here, but its delta's fate is unknown (its append
+    /// in flight) or the delta never left (not flushed yet). The new owner's `joined` tells.
+    Unavailable(Origin, u64),
+    /// An answer sent as it is, to that shard: an error, a `left`, a refused join.
+    Send(usize, MeshMsg),
+}
+
+/// Takes from a host that steps down every answer it owes members of this instance, in
+/// request order: those held behind its appends in flight, then those due with its pending
+/// delta (ops applied this turn, not flushed yet). The deltas and snapshots it held are
+/// dropped (the log may never get their ticks): its members are registered with the new
+/// owner, whose `joined` answers them. Answers for other instances' members are dropped
+/// too: their relay sends those ops again to the new owner.
+pub(super) fn owed_on_step_down(host: &mut RoomHost, shards: usize) -> Vec<Owed> {
+    let mut owed = Vec::new();
+    for out in std::mem::take(&mut host.held.queue) {
+        match (out.ack, out.msg) {
+            (Some((origin, seq)), _) => owed.push(Owed::Unavailable(origin, seq)),
+            (
+                None,
+                msg @ (MeshMsg::ToConn { .. } | MeshMsg::Left { .. } | MeshMsg::JoinRefused { .. }),
+            ) => owed.push(Owed::Send(out.dst, msg)),
+            // A delta or snapshot the log may never hold, or a remote member's snapshot to
+            // make again.
+            _ => {}
+        }
+    }
+    for (origin, reply) in std::mem::take(&mut host.replies) {
+        if origin.conn.shard >= shards {
+            continue;
+        }
+        owed.push(match reply {
+            Reply::Ack { seq, .. } => Owed::Unavailable(origin, seq),
+            Reply::Frame(frame) => Owed::Send(
+                origin.conn.shard,
+                MeshMsg::ToConn {
+                    conn: origin.conn.id,
+                    frame,
+                },
+            ),
+        });
+    }
+    owed
 }
 
 /// An ack frame for a member of this instance, from a delta's ack list.
@@ -537,7 +600,12 @@ impl Shard {
         let mut rooms = self.rooms.borrow_mut();
         if let Some(host) = rooms.get_mut(room) {
             if let Some(&(tick, _)) = host.held.in_flight.back() {
-                host.held.queue.push_back((tick, self.id, msg));
+                host.held.queue.push_back(HeldOut {
+                    tick,
+                    dst: self.id,
+                    msg,
+                    ack: None,
+                });
                 return;
             }
         }
@@ -617,3 +685,129 @@ impl Shard {
 
 /// How long a failed append waits before it is sent again (with every one after it).
 const RESEND_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::room::{Limits, Room};
+
+    fn origin(shard: usize, id: u64) -> Origin {
+        Origin {
+            conn: ConnRef { shard, id },
+            proto: Subprotocol::Json,
+        }
+    }
+
+    fn describe(owed: &Owed) -> String {
+        let text = |f: &bytes::Bytes| String::from_utf8_lossy(f).into_owned();
+        match owed {
+            Owed::Unavailable(o, seq) => {
+                format!("unavailable to {}/{} op {seq}", o.conn.shard, o.conn.id)
+            }
+            Owed::Send(dst, MeshMsg::ToConn { conn, frame }) => {
+                format!("to {dst}/{conn}: {}", text(frame))
+            }
+            Owed::Send(dst, MeshMsg::Left { conn, frame, .. }) => {
+                format!("left to {dst}/{conn}: {}", text(frame))
+            }
+            Owed::Send(dst, _) => format!("something else to {dst}"),
+        }
+    }
+
+    /// A room steps down when an append's refusal is read, which can come between an op's
+    /// apply and the flush of its delta (the flusher yields first, so that the ops ready in
+    /// one turn share a delta): that op's ack is in the host's pending replies, not held
+    /// behind an append. Every op of a local member still gets exactly one answer.
+    #[test]
+    fn a_step_down_answers_every_op_it_owes_local_members() {
+        let shards = 2;
+        let room = RoomId::parse("r").expect("room id");
+        let room_of = Room::new(room.clone(), 1, Limits::default());
+        let mut host = RoomHost::new(room_of, shards + 1, Instant::now());
+        let (a, b, remote) = (origin(0, 1), origin(1, 2), origin(shards, 3));
+        let frame = |s: &str| bytes::Bytes::from(s.to_owned());
+        // Held behind the append of tick 1: its delta, a's ack, an error and a `left` for
+        // b, and a remote member's `joined` to make again.
+        host.held.in_flight.push_back((1, redis::Cmd::new()));
+        let held = [
+            (
+                0,
+                MeshMsg::Deliver {
+                    room: room.clone(),
+                    frames: [Some(frame("delta 1")), None],
+                    exclude: None,
+                    sent: Instant::now(),
+                    flushed_at: Some(Instant::now()),
+                },
+                None,
+            ),
+            (
+                0,
+                MeshMsg::ToConn {
+                    conn: 1,
+                    frame: frame("ack 1"),
+                },
+                Some((a, 1)),
+            ),
+            (
+                1,
+                MeshMsg::ToConn {
+                    conn: 2,
+                    frame: frame("error 7"),
+                },
+                None,
+            ),
+            (
+                1,
+                MeshMsg::Left {
+                    room: room.clone(),
+                    conn: 2,
+                    frame: frame("left"),
+                },
+                None,
+            ),
+            (
+                0,
+                MeshMsg::Join {
+                    room: room.clone(),
+                    origin: remote,
+                    member: "m3".into(),
+                    since: None,
+                    epoch: None,
+                },
+                None,
+            ),
+        ];
+        for (dst, msg, ack) in held {
+            host.held.queue.push_back(HeldOut {
+                tick: 1,
+                dst,
+                msg,
+                ack,
+            });
+        }
+        // Applied this turn, their delta not flushed yet: a's op 2, b's op 8 refused, and
+        // a remote member's op (its relay sends it again to the new owner).
+        host.dirty = true;
+        let received = Instant::now();
+        host.replies.push((a, Reply::Ack { seq: 2, received }));
+        host.replies.push((b, Reply::Frame(frame("error 8"))));
+        host.replies.push((remote, Reply::Ack { seq: 9, received }));
+
+        let owed: Vec<String> = owed_on_step_down(&mut host, shards)
+            .iter()
+            .map(describe)
+            .collect();
+        assert_eq!(
+            owed,
+            [
+                "unavailable to 0/1 op 1",
+                "to 1/2: error 7",
+                "left to 1/2: left",
+                "unavailable to 0/1 op 2",
+                "to 1/2: error 8",
+            ]
+        );
+        assert!(host.held.queue.is_empty() && host.replies.is_empty());
+    }
+}

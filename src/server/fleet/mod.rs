@@ -145,9 +145,17 @@ pub struct Held {
     /// A resend is scheduled: new appends wait for it (they must follow in tick order).
     retrying: bool,
     /// Each waits for the append of its tick.
-    queue: VecDeque<(u64, usize, MeshMsg)>,
-    /// The acks among them (tick, who, seq): on a step-down they become `unavailable`.
-    acks: VecDeque<(u64, Origin, u64)>,
+    queue: VecDeque<HeldOut>,
+}
+
+/// An output held until the append of `tick` is in the log.
+struct HeldOut {
+    tick: u64,
+    dst: usize,
+    msg: MeshMsg,
+    /// The `ack` of op `seq` of `origin`: on a step-down it becomes `unavailable` (the
+    /// append's fate is unknown).
+    ack: Option<(Origin, u64)>,
 }
 
 impl Held {
