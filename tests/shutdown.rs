@@ -59,11 +59,28 @@ fn idle_server_exits_0_on_sigterm() {
     assert_eq!(status.code(), Some(0), "{status:?}");
 }
 
-/// `--outbound-queue-bytes` of the servers `stuck_reader` is used with.
+/// `--outbound-queue-bytes` of the servers with a stuck reader.
 const QUEUE_BYTES: &str = "262144";
 
-/// A client that never reads, with its socket buffers and its outbound queue filled by a
-/// flood of deltas (so its close frame cannot be written), and the writer of the flood.
+/// A server started with `args`, a client of it that never reads, with its socket buffers
+/// and its outbound queue filled by a flood of deltas (so its close frame cannot be
+/// written), and the writer of the flood.
+fn server_with_a_stuck_reader(args: &[&str]) -> (Server, Client, Client) {
+    let mut full = vec![
+        "--outbound-queue-bytes",
+        QUEUE_BYTES,
+        "--rate-limit",
+        "100000",
+        "--rate-burst",
+        "100000",
+    ];
+    full.extend_from_slice(args);
+    let server = Server::start(&full);
+    let (stuck, writer) = stuck_reader(&server);
+    (server, stuck, writer)
+}
+
+/// See [`server_with_a_stuck_reader`].
 fn stuck_reader(server: &Server) -> (Client, Client) {
     // A small receive buffer, so that the kernel's buffers fill early.
     let addr = server.addr();
@@ -103,21 +120,10 @@ fn stuck_reader(server: &Server) -> (Client, Client) {
 
 #[test]
 fn a_draining_server_takes_no_new_connections() {
-    let mut server = Server::start(&[
-        "--shards",
-        "2",
-        "--drain-timeout",
-        "4s",
-        "--outbound-queue-bytes",
-        QUEUE_BYTES,
-        "--rate-limit",
-        "100000",
-        "--rate-burst",
-        "100000",
-    ]);
+    let (mut server, stuck, mut writer) =
+        server_with_a_stuck_reader(&["--shards", "2", "--drain-timeout", "4s"]);
     let addr = server.addr();
     // The stuck client keeps the drain going until its timeout.
-    let (stuck, mut writer) = stuck_reader(&server);
     server.sigterm();
     assert_eq!(writer.expect_close(), Some(1001));
     // Every shard closes its listener: connects are refused (polled, within 2 s).
@@ -125,22 +131,7 @@ fn a_draining_server_takes_no_new_connections() {
     let refused = loop {
         match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
             Err(err) if err.kind() == ErrorKind::ConnectionRefused => break true,
-            other if Instant::now() >= deadline => {
-                eprintln!("last connect: {other:?}");
-                let ss = std::process::Command::new("ss")
-                    .args(["-tanp"])
-                    .output()
-                    .unwrap();
-                eprintln!(
-                    "{}",
-                    String::from_utf8_lossy(&ss.stdout)
-                        .lines()
-                        .filter(|l| l.contains(&addr.port().to_string()))
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                );
-                break false;
-            }
+            _ if Instant::now() >= deadline => break false,
             _ => std::thread::sleep(Duration::from_millis(10)),
         }
     };
@@ -161,16 +152,8 @@ fn a_draining_server_takes_no_new_connections() {
 
 #[test]
 fn sigterm_exits_in_time_despite_a_client_that_does_not_read() {
-    let mut server = Server::start(&[
-        "--outbound-queue-bytes",
-        QUEUE_BYTES,
-        "--rate-limit",
-        "100000",
-        "--rate-burst",
-        "100000",
-    ]);
+    let (mut server, stuck, mut writer) = server_with_a_stuck_reader(&[]);
     let addr = server.addr();
-    let (stuck, mut writer) = stuck_reader(&server);
     // And one that never finishes its handshake.
     let mut half = common::Raw::connect(addr);
     half.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n");
