@@ -4,7 +4,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::fleet::{converge, instance, instance_url, Member, RedisServer, Resp};
+use common::fleet::{
+    converge, instance, instance_url, relay_url, relay_user, Member, RedisServer, Resp,
+};
 use common::Enc;
 use rand::{Rng, SeedableRng};
 
@@ -288,17 +290,7 @@ fn slow_consumer_on_a_relaying_instance_is_resynced() {
 #[test]
 fn a_refused_resync_request_is_asked_again() {
     let redis = RedisServer::start();
-    let user = |rules: &[&str]| {
-        let mut args = vec!["ACL", "SETUSER", "relay"];
-        args.extend_from_slice(rules);
-        let reply = redis.command(&args);
-        assert_eq!(
-            reply.as_text().as_deref(),
-            Some("OK"),
-            "{args:?}: {reply:?}"
-        );
-    };
-    user(&["on", ">relay-pw", "~*", "&*", "+@all"]);
+    relay_user(&redis, &["on", ">relay-pw", "~*", "&*", "+@all"]);
     let limits = [
         "--outbound-queue-bytes",
         "65536",
@@ -310,7 +302,7 @@ fn a_refused_resync_request_is_asked_again() {
         "300ms",
     ];
     let a = instance(&redis, "a", &limits);
-    let b_url = format!("redis://relay:relay-pw@127.0.0.1:{}", redis.port);
+    let b_url = relay_url(&redis);
     let b = instance_url(&b_url, "b", &limits);
     // Once `slow` has joined, `b` relays deltas (subscribed) but cannot publish a snapshot
     // request.
@@ -319,7 +311,9 @@ fn a_refused_resync_request_is_asked_again() {
         mut mirror,
         last_tick,
         ..
-    } = flood_a_slow_relay_member(&a, &b, "flood-refused", || user(&["-publish"]));
+    } = flood_a_slow_relay_member(&a, &b, "flood-refused", || {
+        relay_user(&redis, &["-publish"])
+    });
     // Answered after everything queued before it: once it is here, the relay has drained
     // and made its (refused) request.
     slow.send(serde_json::json!({"t": "ping", "id": "drained"}));
@@ -333,7 +327,7 @@ fn a_refused_resync_request_is_asked_again() {
                 .unwrap_or_else(|e| panic!("after {resyncs} resyncs: {e}")),
             Some("pong") => {
                 assert_eq!(message["id"], "drained");
-                user(&["+publish"]);
+                relay_user(&redis, &["+publish"]);
                 publish_back = true;
             }
             Some("joined") => {

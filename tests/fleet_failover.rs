@@ -6,7 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::fleet::{
-    converge, instance, instance_url, log_epochs, owner_of, Member, RedisServer, Resp, RespConn,
+    converge, instance, instance_url, join_eventually, log_epochs, owner_of, relay_url, relay_user,
+    Member, RedisServer, Resp, RespConn,
 };
 use common::Enc;
 
@@ -44,20 +45,24 @@ fn subscribed(redis: &RedisServer, instance: &str) -> bool {
         })
 }
 
-/// Creates or changes the Redis user `relay` (password `relay-pw`, see [`relay_url`]).
-fn relay_user(redis: &RedisServer, rules: &[&str]) {
-    let mut args = vec!["ACL", "SETUSER", "relay"];
-    args.extend_from_slice(rules);
-    let reply = redis.command(&args);
-    assert_eq!(
-        reply.as_text().as_deref(),
-        Some("OK"),
-        "{args:?}: {reply:?}"
-    );
+/// b (logged in as `relay`) loses its Pub/Sub connection and cannot log in again: it hears
+/// nothing on `:out` until [`let_b_hear`]. Its command connection keeps working. Returns
+/// how many subscriber connections were killed.
+fn deafen_b(redis: &RedisServer) -> usize {
+    relay_user(redis, &["off"]);
+    let killed = kill_subscribers(redis, "b");
+    assert!(killed >= 1, "no subscriber connection of b found to kill");
+    killed
 }
 
-fn relay_url(redis: &RedisServer) -> String {
-    format!("redis://relay:relay-pw@127.0.0.1:{}", redis.port)
+/// Undoes [`deafen_b`] and waits (at most 10 s) until b's subscriber is back.
+fn let_b_hear(redis: &RedisServer) {
+    relay_user(redis, &["on"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !subscribed(redis, "b") {
+        assert!(Instant::now() < deadline, "b's subscriber never came back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn write_round(members: &mut [&mut Member], window: usize) {
@@ -175,8 +180,7 @@ fn killed_subscriber_is_repaired_from_the_log() {
     for round in 0..60 {
         write_round(&mut [&mut m1, &mut m2], 4);
         if round == 20 || round == 40 {
-            relay_user(&redis, &["off"]);
-            killed += kill_subscribers(&redis, "b");
+            killed += deafen_b(&redis);
             for _ in 0..3 {
                 m1.send_inc(1);
             }
@@ -728,11 +732,7 @@ fn relay_that_missed_the_new_owner(room: &str, in_log: bool) {
     m3.settle(Duration::from_secs(10));
     let old_epoch = m2.mirror.epoch;
     // Connections b has keep working; new ones are refused.
-    relay_user(&redis, &["off"]);
-    assert!(
-        kill_subscribers(&redis, "b") >= 1,
-        "no subscriber connection of b found to kill"
-    );
+    deafen_b(&redis);
     let mut out = RespConn::subscribe(redis.port, &format!("kasagi:{{{room}}}:out"));
     drop(a.take()); // SIGKILL
     drop(m1);
@@ -743,12 +743,7 @@ fn relay_that_missed_the_new_owner(room: &str, in_log: bool) {
         m3.send_inc(1);
         m3.settle(Duration::from_secs(10));
     }
-    relay_user(&redis, &["on"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !subscribed(&redis, "b") {
-        assert!(Instant::now() < deadline, "b's subscriber never came back");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let_b_hear(&redis);
     if !in_log {
         m3.send_inc(1);
         m3.settle(Duration::from_secs(10));
@@ -812,22 +807,13 @@ fn deltas_lost_before_a_relays_first_delta_are_repaired() {
     let room = "first-deltas";
     let mut m1 = Member::join(a.addr(), Enc::Msgpack, room);
     let mut m2 = Member::join(b.addr(), Enc::Json, room);
-    relay_user(&redis, &["off"]);
-    assert!(
-        kill_subscribers(&redis, "b") >= 1,
-        "no subscriber connection of b found to kill"
-    );
+    deafen_b(&redis);
     for _ in 0..5 {
         m1.send_inc(1);
     }
     m1.settle(Duration::from_secs(10));
     assert!(!subscribed(&redis, "b"), "b heard the deltas");
-    relay_user(&redis, &["on"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !subscribed(&redis, "b") {
-        assert!(Instant::now() < deadline, "b's subscriber never came back");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let_b_hear(&redis);
     m1.send_inc(1);
     m1.settle(Duration::from_secs(10));
     let top = converge(&mut [&mut m1, &mut m2]);
@@ -925,21 +911,9 @@ fn an_owner_cut_off_from_redis_stops_before_another_takes_over() {
     let deadline = Instant::now() + Duration::from_secs(10);
     if m1.removed > 0 {
         m1.abandon_pending();
-        loop {
-            assert!(Instant::now() < deadline, "a's member could not join again");
-            let request = serde_json::json!({"t": "join", "room": room,
-                "since": m1.mirror.tick, "epoch": m1.mirror.epoch});
-            m1.client.send(request);
-            let (answer, _) = m1
-                .client
-                .recv_until(|v| v["t"] == "joined" || v["t"] == "error");
-            if answer["t"] == "joined" {
-                m1.absorb_joined(&answer);
-                break;
-            }
-            assert_eq!(answer["code"], "unavailable", "{answer}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let since = (m1.mirror.tick, m1.mirror.epoch);
+        let joined = join_eventually(&mut m1.client, room, Some(since));
+        m1.absorb_joined(&joined);
     }
     while m1.mirror.epoch == old_epoch {
         assert!(
@@ -1010,11 +984,7 @@ fn deltas_before_the_snapshot_after_a_trimmed_log_are_not_delivered() {
     let room = "trimmed-gap";
     let mut m1 = Member::join(a.addr(), Enc::Msgpack, room);
     let mut m2 = Member::join(b.addr(), Enc::Json, room);
-    relay_user(&redis, &["off"]);
-    assert!(
-        kill_subscribers(&redis, "b") >= 1,
-        "no subscriber connection of b found to kill"
-    );
+    deafen_b(&redis);
     for _ in 0..10 {
         m1.send_inc(1);
         m1.settle(Duration::from_secs(10));

@@ -4,9 +4,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::fleet::{converge, free_port, instance, instance_url, Member, RedisServer};
+use common::fleet::{
+    converge, free_port, instance, instance_url, join_eventually, Member, RedisServer,
+};
 use common::{Client, Enc, Mirror};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Sends one inc and waits for its ack: one delta each.
 fn one_delta(m: &mut Member) {
@@ -75,26 +77,6 @@ fn resume_through_a_relay_small_gap_deltas_past_the_window_snapshot() {
         "past the window, other epoch, future tick: full state at tick {}",
         m1.mirror.tick
     );
-}
-
-/// Joins until the answer is `joined` (Redis may still be coming up), at most 10 s.
-fn join_eventually(client: &mut Client, room: &str, since: Option<(u64, u64)>) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut request = json!({"t": "join", "room": room});
-        if let Some((tick, epoch)) = since {
-            request["since"] = json!(tick);
-            request["epoch"] = json!(epoch);
-        }
-        client.send(request);
-        let (answer, _) = client.recv_until(|v| v["t"] == "joined" || v["t"] == "error");
-        if answer["t"] == "joined" {
-            return answer;
-        }
-        assert_eq!(answer["code"], "unavailable", "{answer}");
-        assert!(Instant::now() < deadline, "Redis never came back");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The first line of the instance's log holding every one of `words`, waited for at most

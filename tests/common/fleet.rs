@@ -287,6 +287,43 @@ pub fn log_epochs(redis: &RedisServer, room: &str) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// Joins until the answer is `joined` (Redis may still be coming up), at most 10 s.
+pub fn join_eventually(client: &mut Client, room: &str, since: Option<(u64, u64)>) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut request = json!({"t": "join", "room": room});
+        if let Some((tick, epoch)) = since {
+            request["since"] = json!(tick);
+            request["epoch"] = json!(epoch);
+        }
+        client.send(request);
+        let (answer, _) = client.recv_until(|v| v["t"] == "joined" || v["t"] == "error");
+        if answer["t"] == "joined" {
+            return answer;
+        }
+        assert_eq!(answer["code"], "unavailable", "{answer}");
+        assert!(Instant::now() < deadline, "Redis never came back");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Creates or changes the Redis user `relay` (password `relay-pw`, see [`relay_url`]).
+pub fn relay_user(redis: &RedisServer, rules: &[&str]) {
+    let mut args = vec!["ACL", "SETUSER", "relay"];
+    args.extend_from_slice(rules);
+    let reply = redis.command(&args);
+    assert_eq!(
+        reply.as_text().as_deref(),
+        Some("OK"),
+        "{args:?}: {reply:?}"
+    );
+}
+
+/// The URL of [`relay_user`] (password `relay-pw`) on `redis`.
+pub fn relay_url(redis: &RedisServer) -> String {
+    format!("redis://relay:relay-pw@127.0.0.1:{}", redis.port)
+}
+
 /// Starts `kasagi serve --redis URL --instance-id NAME --lease-ttl 1s ARGS…`.
 pub fn instance(redis: &RedisServer, name: &str, args: &[&str]) -> Server {
     instance_url(&redis.url(), name, args)
