@@ -86,6 +86,15 @@ redis.call('PUBLISH', KEYS[3], ARGV[3])
 return 1
 ";
 
+/// `EVAL script 3 KEYS…`, for the caller to add the script's ARGV. These scripts go in
+/// the shard's pipeline, whose replies are read in order, so they are sent whole rather
+/// than by `EVALSHA` (a `NOSCRIPT` there would need the commands after it sent again).
+fn eval(script: &str, keys: [&str; 3]) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(script).arg(keys.len()).arg(&keys[..]);
+    cmd
+}
+
 /// One logged delta.
 pub struct Entry {
     pub tick: u64,
@@ -243,13 +252,8 @@ impl Shard {
             acks: acks.clone(),
         });
         let keys = Keys::of(&room_id);
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(APPEND)
-            .arg(3)
-            .arg(&keys.epoch)
-            .arg(&keys.log)
-            .arg(&keys.output)
-            .arg(epoch)
+        let mut cmd = eval(APPEND, [&keys.epoch, &keys.log, &keys.output]);
+        cmd.arg(epoch)
             .arg(tick)
             .arg(ops)
             .arg(wire::encode(&acks))
@@ -294,13 +298,8 @@ impl Shard {
         owned.last_snap_at = now;
         let keep = self.config.limits.resume_window as u64;
         let keys = Keys::of(room_id);
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(SNAPSHOT)
-            .arg(3)
-            .arg(&keys.epoch)
-            .arg(&keys.snap)
-            .arg(&keys.log)
-            .arg(host.room.epoch())
+        let mut cmd = eval(SNAPSHOT, [&keys.epoch, &keys.snap, &keys.log]);
+        cmd.arg(host.room.epoch())
             .arg(wire::encode_state(host.room.state()))
             .arg(tick)
             .arg(format!("{}-0", tick.saturating_sub(keep)));
@@ -536,15 +535,8 @@ impl super::Fleet {
         msg: &OutMsg,
     ) {
         let keys = Keys::of(room);
-        let mut cmd = redis::cmd("EVAL");
-        cmd.arg(PUBLISH_LOGGED)
-            .arg(3)
-            .arg(&keys.epoch)
-            .arg(&keys.log)
-            .arg(&keys.output)
-            .arg(epoch)
-            .arg(tick)
-            .arg(wire::encode(msg));
+        let mut cmd = eval(PUBLISH_LOGGED, [&keys.epoch, &keys.log, &keys.output]);
+        cmd.arg(epoch).arg(tick).arg(wire::encode(msg));
         self.writer.push(
             cmd,
             Job::Answer {
